@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Install everything the tests need and run the whole suite (lint, SQLite and PostgreSQL).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/venv.sh
+echo "== ruff"
+ruff check src tests benchmarks
+echo "== PostgreSQL"
+TINYMLOPS_TEST_PG_URL="$(scripts/postgres.sh start)"
+export TINYMLOPS_TEST_PG_URL
+echo "== pytest"
+python -m pytest -q -p no:cacheprovider "$@"

@@ -1,0 +1,3 @@
+from tinymlops.cli.app import main
+
+main()

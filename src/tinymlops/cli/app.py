@@ -1,0 +1,38 @@
+"""The ``tinymlops`` command: one typer app, one module per command group."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import typer
+
+from tinymlops.cli import dataset, demo, init, model, recipe, select, target
+from tinymlops.cli.output import err_console
+from tinymlops.errors import TinyMLOpsError
+
+app = typer.Typer(
+    name="tinymlops",
+    help="Take a trained model to a fleet of heterogeneous edge devices and keep it healthy there.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("init")(init.init_workspace)
+app.command("select")(select.select_cmd)
+app.command("demo")(demo.demo_cmd)
+app.add_typer(model.app, name="model")
+app.add_typer(dataset.app, name="dataset")
+app.add_typer(target.app, name="target")
+app.add_typer(recipe.app, name="recipe")
+
+
+def main() -> None:
+    """Entry point: every :class:`TinyMLOpsError` becomes a clear message and a non-zero exit."""
+    try:
+        app(standalone_mode=True)
+    except TinyMLOpsError as exc:
+        if "--json" in sys.argv:
+            sys.stdout.write(json.dumps(exc.to_dict(), default=str) + "\n")
+        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        sys.exit(exc.exit_code)

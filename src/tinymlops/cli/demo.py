@@ -1,0 +1,60 @@
+"""``tinymlops demo``: the main job, end to end on embedded defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tinymlops.cli.model import print_evaluation_table, print_lineage
+from tinymlops.cli.output import JsonOpt, console, emit_json, table
+
+
+def demo_cmd(
+    workspace: Annotated[
+        Path, typer.Option("--workspace", "-w", help="Workspace for the demo (created if missing).")
+    ] = Path("tinymlops-demo"),
+    mlperf_dir: Annotated[
+        Path | None, typer.Option(help="Directory with the MLPerf Tiny .tflite files (default: found nearby).")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run the whole life of real models end to end: register, derive, evaluate, check, select."""
+    from tinymlops.demo.flow import run_demo
+    from tinymlops.workspace import Workspace
+
+    if json_out:
+        emit_json(run_demo(workspace, mlperf_dir=mlperf_dir).to_dict())
+        return
+    with console.status("tinymlops demo …") as status:
+        result = run_demo(workspace, mlperf_dir=mlperf_dir, say=lambda m: status.update(m.strip()))
+    console.rule("[bold]tinymlops demo")
+    console.print(f"digits CNN fp32 test accuracy: {result.digits_fp32_accuracy:.3f}")
+    ws = Workspace.open(result.workspace)
+    for name, reg in result.registrations.items():
+        console.rule(f"{name}")
+        print_lineage(ws.registry.lineage(name, reg.base.version), name)
+        print_evaluation_table(ws, ws.registry.artifacts(name, reg.base.version), f"Evaluation of {reg.base.ref}")
+    checks = [c for c in result.checks if c["target"] in ("mcu-cortex-m7", "android-nnapi-phone")]
+    table(
+        "Target checks",
+        ["variant", "target", "verdict", "issues", "est. latency ms"],
+        [
+            [c["ref"], c["target"], "ok" if c["compatible"] else "incompatible",
+             "; ".join(i["message"] for i in c["issues"])[:160],
+             "-" if c["estimated_latency_ms"] is None else f"{c['estimated_latency_ms']:.2f}"]
+            for c in checks
+        ],
+    )
+    table(
+        "Selection: best variant per device and moment",
+        ["model", "target", "battery", "charging", "network", "prefer", "chosen"],
+        [
+            [s["model"], s["target"], s["context"]["battery"], s["context"]["charging"], s["context"]["network"],
+             s["context"]["prefer"], s.get("chosen") or f"none: {s.get('error', '')[:80]}"]
+            for s in result.selections
+        ],
+    )
+    console.print(f"Workspace: {result.workspace}  (try: tinymlops model lineage digits-cnn -w {result.workspace})")
+    ws.close()

@@ -1,0 +1,135 @@
+"""The one exception hierarchy of tinymlops.
+
+Two branches keep "the caller misused the API" apart from "the other side sent bad or
+hostile data":
+
+* :class:`UsageError` — the caller asked for something that cannot be done as asked
+  (unknown model, bad reference syntax, unknown target, invalid configuration).
+* :class:`InvalidInputError` — data handed to us is malformed or hostile (a corrupt model
+  file, a dataset of the wrong shape, a tampered document).
+
+Everything else is an operation that was well-formed but failed (:class:`OperationError`),
+e.g. a recipe that could not produce a variant, or no variant fitting a target.
+The CLI maps every :class:`TinyMLOpsError` to a clear message and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+
+class TinyMLOpsError(Exception):
+    """Base class of every error raised on purpose by tinymlops."""
+
+    #: exit code the CLI uses for this class of error
+    exit_code: int = 1
+
+    def __init__(self, message: str, **details: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, object]:
+        return {"error": type(self).__name__, "message": self.message, **self.details}
+
+
+# --- the caller misused the API ----------------------------------------------------------
+class UsageError(TinyMLOpsError):
+    """The caller asked for something that cannot be done as asked."""
+
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    """A workspace configuration or profile file is invalid."""
+
+
+class WorkspaceError(UsageError):
+    """No workspace where one was expected, or one exists where none should."""
+
+
+class NotFoundError(UsageError):
+    """A named thing (model, version, variant, dataset, target, recipe) does not exist."""
+
+
+class ModelNotFoundError(NotFoundError):
+    """No model, version or variant matches a reference."""
+
+
+class TargetNotFoundError(NotFoundError):
+    """No device profile with that name."""
+
+
+class RecipeNotFoundError(NotFoundError):
+    """No recipe with that name."""
+
+
+class ModelRefError(UsageError):
+    """A model reference string (``NAME[:VERSION][/VARIANT...]``) is malformed."""
+
+
+# --- the other side sent bad or hostile data ---------------------------------------------
+class InvalidInputError(TinyMLOpsError):
+    """Data handed to tinymlops is malformed, corrupt or hostile."""
+
+    exit_code = 3
+
+
+class InvalidModelError(InvalidInputError):
+    """A model file is not a valid ONNX or TFLite model."""
+
+
+class InvalidDatasetError(InvalidInputError):
+    """A dataset file is not a valid ``.npz`` or does not match the model."""
+
+
+class SpecError(InvalidInputError):
+    """A contract document (profile, context, manifest, …) does not parse or validate."""
+
+
+# --- well-formed requests that failed -----------------------------------------------------
+class OperationError(TinyMLOpsError):
+    """A well-formed operation that could not be completed."""
+
+    exit_code = 4
+
+
+class RecipeError(OperationError):
+    """A recipe could not derive a variant (conversion mismatch, quantizer failure, …)."""
+
+
+class ConversionMismatchError(RecipeError):
+    """A converted model's outputs differ from the original's beyond the stated tolerance."""
+
+
+class BackendError(OperationError):
+    """A runtime backend could not load or run a model."""
+
+
+class IncompatibleError(OperationError):
+    """No variant (or not this variant) can run on the requested target."""
+
+
+class StoreError(OperationError):
+    """The metadata or blob store failed (I/O error, integrity failure)."""
+
+
+__all__ = [
+    "BackendError",
+    "ConfigError",
+    "ConversionMismatchError",
+    "IncompatibleError",
+    "InvalidDatasetError",
+    "InvalidInputError",
+    "InvalidModelError",
+    "ModelNotFoundError",
+    "NotFoundError",
+    "OperationError",
+    "RecipeError",
+    "RecipeNotFoundError",
+    "ModelRefError",
+    "SpecError",
+    "StoreError",
+    "TargetNotFoundError",
+    "TinyMLOpsError",
+    "UsageError",
+    "WorkspaceError",
+]

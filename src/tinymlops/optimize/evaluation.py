@@ -1,0 +1,155 @@
+"""Evaluating variants against their base on the model's eval set, on this host.
+
+Per artifact: accuracy (when the eval set has labels and the output is a class score vector),
+top-1 agreement with the base, RMS difference of outputs from the base's, size, batch-1
+latency (warm-up, then p50/p95 over repeated runs) and peak memory (the rise of this process's
+peak RSS while the model is loaded and run, read from Linux's VmHWM after resetting it).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinymlops.edge.backends import open_backend
+from tinymlops.errors import TinyMLOpsError
+from tinymlops.optimize.calibration import generated_inputs
+from tinymlops.registry.records import ArtifactRecord
+from tinymlops.registry.store import Registry
+from tinymlops.workspace.config import EvaluationConfig
+
+GENERATED_EVAL_SAMPLES = 64
+
+
+@cache
+def host_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu} ({os.cpu_count()} cores, {platform.system()})"
+
+
+@dataclass(frozen=True)
+class EvalData:
+    x: np.ndarray
+    y: np.ndarray | None
+    label: str
+
+
+def eval_data(registry: Registry, base: ArtifactRecord, config: EvaluationConfig, seed: int = 0) -> EvalData:
+    record = registry.dataset_for(base.model, "eval")
+    if record is None:
+        return EvalData(generated_inputs(base.info, GENERATED_EVAL_SAMPLES, seed), None, f"generated:seed={seed}")
+    data = registry.load_dataset(record)
+    n = data.n if config.max_samples == 0 else min(data.n, config.max_samples)
+    return EvalData(data.x[:n].astype(np.float32), None if data.y is None else data.y[:n], record.label)
+
+
+def _vm_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _predict_all(backend: Any, x: np.ndarray) -> np.ndarray:
+    outs = [backend.run(x[i : i + 1])[0] for i in range(x.shape[0])]
+    return np.concatenate(outs, axis=0)
+
+
+def measure(model: bytes, fmt: str, data: EvalData, config: EvaluationConfig) -> tuple[np.ndarray, dict[str, Any]]:
+    """Load and run one model; return its outputs on the eval inputs and its host metrics."""
+    rss_before = _vm_kib("VmRSS")
+    can_peak = _reset_peak_rss()
+    backend = open_backend(model, fmt)
+    sample = data.x[:1]
+    for _ in range(config.warmup):
+        backend.run(sample)
+    times = []
+    for _ in range(config.runs):
+        t0 = time.perf_counter()
+        backend.run(sample)
+        times.append((time.perf_counter() - t0) * 1e3)
+    outputs = _predict_all(backend, data.x)
+    peak = _vm_kib("VmHWM") if can_peak else _vm_kib("VmRSS")
+    metrics: dict[str, Any] = {
+        "latency_ms_p50": float(np.percentile(times, 50)),
+        "latency_ms_p95": float(np.percentile(times, 95)),
+        "latency_ms_mean": float(np.mean(times)),
+        "latency_runs": config.runs,
+        "backend": backend.name,
+    }
+    if rss_before is not None and peak is not None:
+        metrics["peak_memory_bytes"] = max(0, peak - rss_before) * 1024
+        metrics["peak_memory_method"] = "peak RSS rise while loading and running (VmHWM)" if can_peak else "RSS rise"
+    del backend
+    return outputs, metrics
+
+
+def _is_classifier(out: np.ndarray) -> bool:
+    return out.ndim == 2 and out.shape[1] > 1
+
+
+def evaluate(
+    registry: Registry,
+    base: ArtifactRecord,
+    artifacts: Sequence[ArtifactRecord],
+    config: EvaluationConfig,
+    *,
+    seed: int = 0,
+    on_done: Callable[[ArtifactRecord, dict[str, Any]], None] | None = None,
+) -> dict[int, dict[str, Any]]:
+    """Evaluate ``base`` and each of ``artifacts`` (variants of it) and store the results."""
+    data = eval_data(registry, base, config, seed)
+    host = host_description()
+    results: dict[int, dict[str, Any]] = {}
+    base_out: np.ndarray | None = None
+    for artifact in [base, *[a for a in artifacts if a.id != base.id]]:
+        try:
+            out, metrics = measure(registry.read_bytes(artifact), artifact.format, data, config)
+        except TinyMLOpsError as exc:
+            metrics = {"error": exc.message}
+            out = None
+        metrics["size_bytes"] = artifact.size_bytes
+        metrics["size_ratio"] = artifact.size_bytes / base.size_bytes
+        metrics["samples"] = int(data.x.shape[0])
+        if artifact.id == base.id:
+            base_out = out
+        if out is not None:
+            if _is_classifier(out):
+                pred = out.argmax(axis=1)
+                if data.y is not None:
+                    metrics["accuracy"] = float(np.mean(pred == data.y))
+                if base_out is not None:
+                    metrics["agreement"] = float(np.mean(pred == base_out.argmax(axis=1)))
+            if base_out is not None and base_out.shape == out.shape:
+                metrics["rmse_vs_base"] = float(np.sqrt(np.mean((out - base_out) ** 2)))
+        registry.add_evaluation(artifact.id, data.label, host, metrics)
+        results[artifact.id] = metrics
+        if on_done:
+            on_done(artifact, metrics)
+    return results

@@ -1,0 +1,184 @@
+"""Plain, typed views of registry rows handed to callers (no ORM objects escape the store)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from datetime import datetime
+from typing import Any
+
+from tinymlops.registry.refs import format_ref
+from tinymlops.spec.model_info import ModelInfo
+from tinymlops.spec.recipe import RecipeSpec
+
+
+@dataclass(frozen=True)
+class ArtifactRecord:
+    id: int
+    model: str
+    version: int
+    variant: str
+    parent_id: int | None
+    format: str
+    sha256: str
+    size_bytes: int
+    info_data: dict[str, Any]
+    recipe_data: dict[str, Any] | None
+    target: str | None
+    source: str
+    tags: tuple[str, ...]
+    created_at: datetime
+
+    @cached_property
+    def info(self) -> ModelInfo:
+        return ModelInfo.from_dict(self.info_data)
+
+    @cached_property
+    def recipe(self) -> RecipeSpec | None:
+        return None if self.recipe_data is None else RecipeSpec.from_dict(self.recipe_data)
+
+    @property
+    def ref(self) -> str:
+        return format_ref(self.model, self.version, self.variant)
+
+    @property
+    def is_base(self) -> bool:
+        return self.parent_id is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ref": self.ref,
+            "model": self.model,
+            "version": self.version,
+            "variant": self.variant or None,
+            "parent_id": self.parent_id,
+            "id": self.id,
+            "format": self.format,
+            "sha256": self.sha256,
+            "size_bytes": self.size_bytes,
+            "info": self.info_data,
+            "recipe": self.recipe_data,
+            "target": self.target,
+            "source": self.source,
+            "tags": list(self.tags),
+            "created_at": self.created_at.isoformat(),
+        }
+
+
+@dataclass(frozen=True)
+class DerivationRecord:
+    id: int
+    model: str
+    version: int
+    variant: str
+    parent_id: int | None
+    recipe: dict[str, Any]
+    status: str
+    error: str
+    details: dict[str, Any]
+    artifact_id: int | None
+    duration_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "variant": self.variant,
+            "ref": format_ref(self.model, self.version, self.variant),
+            "recipe": self.recipe,
+            "status": self.status,
+            "error": self.error or None,
+            "details": self.details,
+            "artifact_id": self.artifact_id,
+            "duration_s": round(self.duration_s, 3),
+        }
+
+
+@dataclass(frozen=True)
+class EvaluationRecord:
+    artifact_id: int
+    dataset: str
+    host: str
+    metrics: dict[str, Any]
+    created_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "host": self.host, "metrics": self.metrics, "created_at": self.created_at.isoformat()}
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    id: int
+    model: str
+    name: str
+    role: str
+    sha256: str
+    size_bytes: int
+    n_samples: int
+    x_shape: tuple[int, ...]
+    x_dtype: str
+    has_labels: bool
+
+    @property
+    def label(self) -> str:
+        return f"dataset:{self.name}@{self.sha256[:12]}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "name": self.name,
+            "role": self.role,
+            "sha256": self.sha256,
+            "size_bytes": self.size_bytes,
+            "n_samples": self.n_samples,
+            "x_shape": list(self.x_shape),
+            "x_dtype": self.x_dtype,
+            "has_labels": self.has_labels,
+        }
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    name: str
+    description: str
+    versions: int
+    latest_version: int
+    variants: int
+    failed_derivations: int
+    formats: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "versions": self.versions,
+            "latest_version": self.latest_version,
+            "variants": self.variants,
+            "failed_derivations": self.failed_derivations,
+            "formats": list(self.formats),
+        }
+
+
+@dataclass(frozen=True)
+class LineageNode:
+    """One node of a lineage tree: an artifact with its evaluations and children, or a failed
+    derivation (``artifact`` None, ``derivation`` set)."""
+
+    artifact: ArtifactRecord | None
+    derivation: DerivationRecord | None
+    evaluations: tuple[EvaluationRecord, ...]
+    children: tuple[LineageNode, ...]
+
+    @property
+    def name(self) -> str:
+        if self.artifact is not None:
+            return self.artifact.ref
+        assert self.derivation is not None
+        return format_ref(self.derivation.model, self.derivation.version, self.derivation.variant)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ref": self.name,
+            "artifact": self.artifact.to_dict() if self.artifact else None,
+            "derivation": self.derivation.to_dict() if self.derivation else None,
+            "evaluations": [e.to_dict() for e in self.evaluations],
+            "children": [c.to_dict() for c in self.children],
+        }

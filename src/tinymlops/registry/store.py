@@ -1,0 +1,519 @@
+"""The registry service: models, base versions, variants, derivations, datasets, evaluations.
+
+Write order keeps the registry consistent under any failure: blobs are written first
+(content-addressed, atomic), then the metadata rows in one transaction. A crash between the
+two leaves at most an unreferenced blob (``Registry.collect_garbage`` removes it), never a
+row pointing at a missing blob, never half a variant.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from tinymlops.errors import ModelNotFoundError, NotFoundError, StoreError, UsageError
+from tinymlops.registry.blobs import BlobStore
+from tinymlops.registry.datasets import ROLES, Dataset, check_matches, parse_npz
+from tinymlops.registry.db import session_factory
+from tinymlops.registry.inspect import inspect_model
+from tinymlops.registry.records import (
+    ArtifactRecord,
+    DatasetRecord,
+    DerivationRecord,
+    EvaluationRecord,
+    LineageNode,
+    ModelSummary,
+)
+from tinymlops.registry.refs import NAME, SEGMENT, ModelRef, parse_ref
+from tinymlops.registry.schema import ArtifactRow, DatasetRow, DerivationRow, EvaluationRow, ModelRow
+from tinymlops.spec.model_info import ModelInfo
+from tinymlops.spec.recipe import RecipeSpec
+
+_ARTIFACT_COLUMNS = (
+    ArtifactRow.id,
+    ModelRow.name,
+    ArtifactRow.version,
+    ArtifactRow.variant,
+    ArtifactRow.parent_id,
+    ArtifactRow.format,
+    ArtifactRow.sha256,
+    ArtifactRow.size_bytes,
+    ArtifactRow.info,
+    ArtifactRow.recipe,
+    ArtifactRow.target,
+    ArtifactRow.source,
+    ArtifactRow.tags,
+    ArtifactRow.created_at,
+)
+
+
+def _artifact(row: Sequence[Any]) -> ArtifactRecord:
+    return ArtifactRecord(
+        id=row[0],
+        model=row[1],
+        version=row[2],
+        variant=row[3],
+        parent_id=row[4],
+        format=row[5],
+        sha256=row[6],
+        size_bytes=row[7],
+        info_data=row[8],
+        recipe_data=row[9],
+        target=row[10],
+        source=row[11],
+        tags=tuple(row[12] or ()),
+        created_at=row[13],
+    )
+
+
+def _derivation(row: DerivationRow, model: str) -> DerivationRecord:
+    return DerivationRecord(
+        id=row.id,
+        model=model,
+        version=row.version,
+        variant=row.variant,
+        parent_id=row.parent_id,
+        recipe=row.recipe,
+        status=row.status,
+        error=row.error,
+        details=row.details or {},
+        artifact_id=row.artifact_id,
+        duration_s=row.duration_s,
+    )
+
+
+def _dataset(row: DatasetRow, model: str) -> DatasetRecord:
+    return DatasetRecord(
+        id=row.id,
+        model=model,
+        name=row.name,
+        role=row.role,
+        sha256=row.sha256,
+        size_bytes=row.size_bytes,
+        n_samples=row.n_samples,
+        x_shape=tuple(row.x_shape),
+        x_dtype=row.x_dtype,
+        has_labels=bool(row.has_labels),
+    )
+
+
+class Registry:
+    """Models and their lineage, over one metadata database and one blob store."""
+
+    def __init__(self, engine: Engine, blobs: BlobStore) -> None:
+        self.engine = engine
+        self.blobs = blobs
+        self._sessions = session_factory(engine)
+
+    # --- helpers ---------------------------------------------------------------------------
+    def _session(self) -> Session:
+        return self._sessions()
+
+    @staticmethod
+    def _model_id(session: Session, name: str) -> int:
+        model_id = session.scalar(select(ModelRow.id).where(ModelRow.name == name))
+        if model_id is None:
+            raise ModelNotFoundError(f"no model named '{name}' in this workspace", model=name)
+        return model_id
+
+    # --- registering -----------------------------------------------------------------------
+    def register(
+        self,
+        name: str,
+        data: bytes,
+        *,
+        source: str = "",
+        tags: Iterable[str] = (),
+        description: str = "",
+    ) -> ArtifactRecord:
+        """Register ``data`` (ONNX or TFLite bytes) as the next base version of ``name``."""
+        if not NAME.match(name):
+            raise UsageError(f"bad model name {name!r}: use letters, digits, '.', '_' and '-' (max 128)")
+        info = inspect_model(data)  # raises InvalidModelError before anything is written
+        digest = self.blobs.put(data)
+        for attempt in range(3):
+            with self._session() as session:
+                try:
+                    model = session.scalar(select(ModelRow).where(ModelRow.name == name))
+                    if model is None:
+                        model = ModelRow(name=name, description=description)
+                        session.add(model)
+                        session.flush()
+                    elif description:
+                        model.description = description
+                    latest = session.scalar(
+                        select(func.max(ArtifactRow.version)).where(ArtifactRow.model_id == model.id)
+                    )
+                    row = ArtifactRow(
+                        model_id=model.id,
+                        version=(latest or 0) + 1,
+                        variant="",
+                        parent_id=None,
+                        format=info.format,
+                        sha256=digest,
+                        size_bytes=len(data),
+                        info=info.to_dict(),
+                        recipe=None,
+                        target=None,
+                        source=source,
+                        tags=sorted(set(tags)),
+                    )
+                    session.add(row)
+                    session.commit()
+                    return self.get(row.id)
+                except IntegrityError:
+                    # a concurrent registration took the same version number: retry
+                    session.rollback()
+                    if attempt == 2:
+                        raise StoreError(f"could not allocate a new version of '{name}' (concurrent writers)") from None
+        raise AssertionError("unreachable")
+
+    def add_variant(
+        self,
+        parent: ArtifactRecord,
+        data: bytes,
+        info: ModelInfo,
+        recipe: RecipeSpec,
+        *,
+        variant: str,
+        details: dict[str, Any] | None = None,
+        duration_s: float = 0.0,
+        tags: Iterable[str] = (),
+    ) -> ArtifactRecord:
+        """Record a derived variant and its successful derivation in one transaction."""
+        for segment in variant.split("/"):
+            if not SEGMENT.match(segment):
+                raise UsageError(f"bad variant name {variant!r}")
+        digest = self.blobs.put(data)
+        with self._session() as session:
+            model_id = self._model_id(session, parent.model)
+            row = ArtifactRow(
+                model_id=model_id,
+                version=parent.version,
+                variant=variant,
+                parent_id=parent.id,
+                format=info.format,
+                sha256=digest,
+                size_bytes=len(data),
+                info=info.to_dict(),
+                recipe=recipe.to_dict(),
+                target=recipe.target,
+                source=f"derived from {parent.ref} by {recipe.recipe}",
+                tags=sorted(set(tags)),
+            )
+            session.add(row)
+            try:
+                session.flush()
+            except IntegrityError:
+                session.rollback()
+                raise UsageError(f"variant {parent.model}:{parent.version}/{variant} already exists") from None
+            session.add(
+                DerivationRow(
+                    model_id=model_id,
+                    version=parent.version,
+                    parent_id=parent.id,
+                    variant=variant,
+                    recipe=recipe.to_dict(),
+                    status="succeeded",
+                    error="",
+                    details=details or {},
+                    artifact_id=row.id,
+                    duration_s=duration_s,
+                )
+            )
+            session.commit()
+            return self.get(row.id)
+
+    def record_failed_derivation(
+        self,
+        parent: ArtifactRecord,
+        variant: str,
+        recipe: dict[str, Any],
+        error: str,
+        *,
+        status: str = "failed",
+        details: dict[str, Any] | None = None,
+        duration_s: float = 0.0,
+    ) -> DerivationRecord:
+        with self._session() as session:
+            model_id = self._model_id(session, parent.model)
+            row = DerivationRow(
+                model_id=model_id,
+                version=parent.version,
+                parent_id=parent.id,
+                variant=variant,
+                recipe=recipe,
+                status=status,
+                error=error,
+                details=details or {},
+                artifact_id=None,
+                duration_s=duration_s,
+            )
+            session.add(row)
+            session.commit()
+            return _derivation(row, parent.model)
+
+    def set_tags(self, ref: str, tags: Iterable[str]) -> ArtifactRecord:
+        record = self.resolve(ref)
+        with self._session() as session:
+            row = session.get(ArtifactRow, record.id)
+            assert row is not None
+            row.tags = sorted(set(tags))
+            session.commit()
+        return self.get(record.id)
+
+    # --- reading ---------------------------------------------------------------------------
+    def get(self, artifact_id: int) -> ArtifactRecord:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(*_ARTIFACT_COLUMNS).join(ModelRow).where(ArtifactRow.id == artifact_id)
+            ).first()
+        if row is None:
+            raise ModelNotFoundError(f"no artifact with id {artifact_id}")
+        return _artifact(row)
+
+    def resolve(self, ref: str | ModelRef) -> ArtifactRecord:
+        """Find the artifact a reference names (latest version when none is given)."""
+        parsed = parse_ref(ref) if isinstance(ref, str) else ref
+        with self.engine.connect() as conn:
+            model_id = conn.scalar(select(ModelRow.id).where(ModelRow.name == parsed.name))
+            if model_id is None:
+                raise ModelNotFoundError(f"no model named '{parsed.name}' in this workspace", model=parsed.name)
+            version = parsed.version
+            if version is None:
+                version = conn.scalar(
+                    select(func.max(ArtifactRow.version)).where(ArtifactRow.model_id == model_id)
+                )
+            row = conn.execute(
+                select(*_ARTIFACT_COLUMNS)
+                .join(ModelRow)
+                .where(
+                    ArtifactRow.model_id == model_id,
+                    ArtifactRow.version == version,
+                    ArtifactRow.variant == parsed.variant,
+                )
+            ).first()
+            if row is None:
+                versions = conn.scalars(
+                    select(ArtifactRow.version).where(ArtifactRow.model_id == model_id, ArtifactRow.variant == "")
+                ).all()
+                if version not in versions:
+                    raise ModelNotFoundError(
+                        f"model '{parsed.name}' has no version {version} (versions: "
+                        f"{', '.join(map(str, sorted(versions))) or 'none'})",
+                        ref=str(parsed),
+                    )
+                failed = conn.scalar(
+                    select(DerivationRow.error).where(
+                        DerivationRow.model_id == model_id,
+                        DerivationRow.version == version,
+                        DerivationRow.variant == parsed.variant,
+                    )
+                )
+                hint = f" (its recipe failed: {failed})" if failed else ""
+                raise ModelNotFoundError(
+                    f"model '{parsed.name}' version {version} has no variant '{parsed.variant}'{hint}",
+                    ref=str(parsed),
+                )
+        return _artifact(row)
+
+    def read_bytes(self, record: ArtifactRecord) -> bytes:
+        return self.blobs.get(record.sha256)
+
+    def list_models(self) -> list[ModelSummary]:
+        with self.engine.connect() as conn:
+            models = conn.execute(select(ModelRow.id, ModelRow.name, ModelRow.description).order_by(ModelRow.name)).all()
+            stats = {
+                r[0]: r
+                for r in conn.execute(
+                    select(
+                        ArtifactRow.model_id,
+                        func.count().filter(ArtifactRow.variant == ""),
+                        func.max(ArtifactRow.version),
+                        func.count().filter(ArtifactRow.variant != ""),
+                    ).group_by(ArtifactRow.model_id)
+                ).all()
+            }
+            failed = dict(
+                conn.execute(
+                    select(DerivationRow.model_id, func.count())
+                    .where(DerivationRow.status == "failed")
+                    .group_by(DerivationRow.model_id)
+                ).all()
+            )
+            formats: dict[int, set[str]] = defaultdict(set)
+            for model_id, fmt in conn.execute(select(ArtifactRow.model_id, ArtifactRow.format).distinct()).all():
+                formats[model_id].add(fmt)
+        out = []
+        for model_id, name, description in models:
+            s = stats.get(model_id, (model_id, 0, 0, 0))
+            out.append(
+                ModelSummary(
+                    name=name,
+                    description=description,
+                    versions=s[1],
+                    latest_version=s[2] or 0,
+                    variants=s[3],
+                    failed_derivations=failed.get(model_id, 0),
+                    formats=tuple(sorted(formats[model_id])),
+                )
+            )
+        return out
+
+    def artifacts(self, name: str, version: int | None = None) -> list[ArtifactRecord]:
+        """Every artifact of a model (optionally one version), base versions first."""
+        with self.engine.connect() as conn:
+            model_id = conn.scalar(select(ModelRow.id).where(ModelRow.name == name))
+            if model_id is None:
+                raise ModelNotFoundError(f"no model named '{name}' in this workspace", model=name)
+            q = select(*_ARTIFACT_COLUMNS).join(ModelRow).where(ArtifactRow.model_id == model_id)
+            if version is not None:
+                q = q.where(ArtifactRow.version == version)
+            rows = conn.execute(q.order_by(ArtifactRow.version, ArtifactRow.variant)).all()
+        return [_artifact(r) for r in rows]
+
+    def derivations(self, name: str, version: int | None = None) -> list[DerivationRecord]:
+        with self._session() as session:
+            model_id = self._model_id(session, name)
+            q = select(DerivationRow).where(DerivationRow.model_id == model_id)
+            if version is not None:
+                q = q.where(DerivationRow.version == version)
+            return [_derivation(r, name) for r in session.scalars(q.order_by(DerivationRow.id))]
+
+    def evaluations(self, artifact_ids: Iterable[int]) -> dict[int, list[EvaluationRecord]]:
+        ids = list(artifact_ids)
+        out: dict[int, list[EvaluationRecord]] = defaultdict(list)
+        if not ids:
+            return out
+        with self.engine.connect() as conn:
+            for chunk_start in range(0, len(ids), 900):
+                chunk = ids[chunk_start : chunk_start + 900]
+                rows = conn.execute(
+                    select(
+                        EvaluationRow.artifact_id,
+                        EvaluationRow.dataset,
+                        EvaluationRow.host,
+                        EvaluationRow.metrics,
+                        EvaluationRow.created_at,
+                    )
+                    .where(EvaluationRow.artifact_id.in_(chunk))
+                    .order_by(EvaluationRow.id)
+                ).all()
+                for r in rows:
+                    out[r[0]].append(EvaluationRecord(r[0], r[1], r[2], r[3], r[4]))
+        return out
+
+    def latest_evaluation(self, artifact_id: int) -> EvaluationRecord | None:
+        evs = self.evaluations([artifact_id]).get(artifact_id)
+        return evs[-1] if evs else None
+
+    def add_evaluation(self, artifact_id: int, dataset: str, host: str, metrics: dict[str, Any]) -> EvaluationRecord:
+        with self._session() as session:
+            row = EvaluationRow(artifact_id=artifact_id, dataset=dataset, host=host, metrics=metrics)
+            session.add(row)
+            session.commit()
+            return EvaluationRecord(row.artifact_id, row.dataset, row.host, row.metrics, row.created_at)
+
+    def lineage(self, name: str, version: int | None = None) -> list[LineageNode]:
+        """The lineage forest of a model: one tree per base version, variants below their
+        parents, failed derivations as leaves without an artifact."""
+        artifacts = self.artifacts(name, version)
+        derivations = self.derivations(name, version)
+        evaluations = self.evaluations(a.id for a in artifacts)
+        children: dict[int | None, list[ArtifactRecord]] = defaultdict(list)
+        for a in artifacts:
+            children[a.parent_id].append(a)
+        # only the newest failure per (parent, variant) that never succeeded later
+        succeeded = {(d.parent_id, d.variant) for d in derivations if d.status == "succeeded"}
+        failed: dict[int | None, dict[str, DerivationRecord]] = defaultdict(dict)
+        for d in derivations:
+            if d.status != "succeeded" and (d.parent_id, d.variant) not in succeeded:
+                failed[d.parent_id][d.variant] = d
+        derivation_of = {d.artifact_id: d for d in derivations if d.artifact_id is not None}
+
+        def build(a: ArtifactRecord) -> LineageNode:
+            kids = [build(c) for c in children.get(a.id, [])]
+            kids += [LineageNode(None, d, (), ()) for _, d in sorted(failed.get(a.id, {}).items())]
+            return LineageNode(a, derivation_of.get(a.id), tuple(evaluations.get(a.id, ())), tuple(kids))
+
+        return [build(a) for a in children.get(None, [])]
+
+    # --- datasets --------------------------------------------------------------------------
+    def add_dataset(self, model: str, name: str, data: bytes, *, role: str = "eval") -> DatasetRecord:
+        if role not in ROLES:
+            raise UsageError(f"dataset role must be one of {', '.join(ROLES)}, got {role!r}")
+        if not SEGMENT.match(name):
+            raise UsageError(f"bad dataset name {name!r}: lowercase letters, digits, '-', '_', '.'")
+        base = self.resolve(model)
+        dataset = parse_npz(data, f"dataset '{name}'")
+        check_matches(dataset, base.info, f"dataset '{name}' for model '{model}'")
+        digest = self.blobs.put(data)
+        with self._session() as session:
+            model_id = self._model_id(session, model)
+            existing = session.scalar(
+                select(DatasetRow).where(DatasetRow.model_id == model_id, DatasetRow.name == name)
+            )
+            if existing is not None:
+                raise UsageError(f"model '{model}' already has a dataset named '{name}'")
+            row = DatasetRow(
+                model_id=model_id,
+                name=name,
+                role=role,
+                sha256=digest,
+                size_bytes=len(data),
+                n_samples=dataset.n,
+                x_shape=list(dataset.x.shape),
+                x_dtype=str(dataset.x.dtype),
+                has_labels=int(dataset.y is not None),
+            )
+            session.add(row)
+            session.commit()
+            return _dataset(row, model)
+
+    def datasets(self, model: str) -> list[DatasetRecord]:
+        with self._session() as session:
+            model_id = self._model_id(session, model)
+            rows = session.scalars(select(DatasetRow).where(DatasetRow.model_id == model_id).order_by(DatasetRow.id))
+            return [_dataset(r, model) for r in rows]
+
+    def dataset_for(self, model: str, role: str) -> DatasetRecord | None:
+        """The newest dataset of ``role``; calibration falls back to the eval set."""
+        found = self.datasets(model)
+        for wanted in (role, "eval") if role == "calibration" else (role,):
+            matching = [d for d in found if d.role == wanted]
+            if matching:
+                return matching[-1]
+        return None
+
+    def load_dataset(self, record: DatasetRecord) -> Dataset:
+        return parse_npz(self.blobs.get(record.sha256), f"dataset '{record.name}'")
+
+    # --- maintenance -----------------------------------------------------------------------
+    def referenced_digests(self) -> set[str]:
+        with self.engine.connect() as conn:
+            return set(conn.scalars(select(ArtifactRow.sha256))) | set(conn.scalars(select(DatasetRow.sha256)))
+
+    def collect_garbage(self) -> list[str]:
+        """Delete blobs no row references (left by a crash between blob write and commit)."""
+        orphans = sorted(self.blobs.digests() - self.referenced_digests())
+        for digest in orphans:
+            self.blobs.delete(digest)
+        return orphans
+
+    def check_integrity(self) -> list[str]:
+        """Problems found: rows whose blob is missing or corrupt."""
+        problems = []
+        for digest in sorted(self.referenced_digests()):
+            try:
+                self.blobs.get(digest)
+            except (NotFoundError, StoreError) as exc:
+                problems.append(str(exc))
+        return problems
+
+
+__all__ = ["Registry"]
