@@ -28,9 +28,7 @@ def _fresh_pg_database() -> str:
     assert PG_URL is not None
     url = make_url(PG_URL)
     name = f"t_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(
-        host=url.host, port=url.port, user=url.username, dbname=url.database, autocommit=True
-    ) as conn:
+    with psycopg.connect(host=url.host, port=url.port, user=url.username, dbname=url.database, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     return url.set(database=name).render_as_string(hide_password=False)
 
@@ -40,7 +38,9 @@ def backends() -> list[object]:
     if PG_URL:
         params.append(pytest.param("postgresql", marks=pytest.mark.postgres))
     elif os.environ.get("CI"):
-        raise RuntimeError("CI must run the registry tests on PostgreSQL: set TINYMLOPS_TEST_PG_URL (scripts/test.sh does)")
+        raise RuntimeError(
+            "CI must run the registry tests on PostgreSQL: set TINYMLOPS_TEST_PG_URL (scripts/test.sh does)"
+        )
     return params
 
 

@@ -247,7 +247,7 @@ def test_sklearn_logistic_regression(zipmap: bool) -> None:
         assert "unknown shape" in info.estimates["peak_activation_bytes"]
     else:
         assert info.outputs[1] == TensorSpec("probabilities", ("batch", 3), "float32")
-        _roundtrips(info)
+    _roundtrips(info)
 
 
 # --- control flow and custom domains (hand-built) ------------------------------------------

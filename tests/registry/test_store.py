@@ -6,10 +6,16 @@ import io
 
 import numpy as np
 import pytest
-from conftest import mlperf
 from sqlalchemy import func, select
 
-from tinymlops.errors import InvalidDatasetError, InvalidModelError, ModelNotFoundError, ModelRefError, StoreError
+from conftest import mlperf
+from tinymlops.errors import (
+    InvalidDatasetError,
+    InvalidModelError,
+    ModelNotFoundError,
+    ModelRefError,
+    StoreError,
+)
 from tinymlops.registry.schema import ArtifactRow, DatasetRow, DerivationRow, ModelRow
 from tinymlops.spec.recipe import RecipeSpec
 

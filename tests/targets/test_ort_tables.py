@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
@@ -23,9 +24,22 @@ usability_checker = pytest.importorskip("onnxruntime.tools.mobile_helpers.usabil
 
 # ops that are in some tables and not others, or in none, or in a non-default domain
 EXTRA_OPS = [
-    "Conv", "Relu", "Gemm", "Erf", "HardSwish", "ArgMax", "Argmax", "ReduceSum", "Gelu", "Einsum",
-    "QLinearAdd", "com.microsoft::QLinearAdd", "com.microsoft::FusedConv", "com.microsoft::Gelu",
-    "ai.onnx.ml::LinearClassifier", "my.custom::Frobnicate",
+    "Conv",
+    "Relu",
+    "Gemm",
+    "Erf",
+    "HardSwish",
+    "ArgMax",
+    "Argmax",
+    "ReduceSum",
+    "Gelu",
+    "Einsum",
+    "QLinearAdd",
+    "com.microsoft::QLinearAdd",
+    "com.microsoft::FusedConv",
+    "com.microsoft::Gelu",
+    "ai.onnx.ml::LinearClassifier",
+    "my.custom::Frobnicate",
 ]
 
 
@@ -43,7 +57,9 @@ def _chain_model(ops: list[str]) -> onnx.ModelProto:
     for i, key in enumerate(ops):
         domain, op_type = split_op(key)
         attrs = {"perm": [0, 1]} if op_type == "Transpose" else {}  # the checker reads Transpose's perm
-        nodes.append(helper.make_node(op_type, [f"t{i}"], [f"t{i + 1}"], name=f"n{i}", domain=domain, **attrs))
+        nodes.append(
+            helper.make_node(op_type, [f"t{i}"], [f"t{i + 1}"], name=f"n{i}", domain=domain, **attrs)
+        )
     graph = helper.make_graph(
         nodes,
         "chain",
@@ -63,8 +79,15 @@ def _ort_unsupported(model: onnx.ModelProto, table: str, *, fixed_sizes: bool = 
 
 def _profile(table: str) -> DeviceProfile:
     return DeviceProfile(
-        name=f"test-{table}", device_class="phone", backends=("onnxruntime",), dtypes=("fp32",),
-        ram_mb=1024, storage_mb=1024, relative_compute=0.5, active_power_w=3, idle_power_w=0.1,
+        name=f"test-{table}",
+        device_class="phone",
+        backends=("onnxruntime",),
+        dtypes=("fp32",),
+        ram_mb=1024,
+        storage_mb=1024,
+        relative_compute=0.5,
+        active_power_w=3,
+        idle_power_w=0.1,
         onnx_operator_table=table,
     )
 
@@ -72,8 +95,17 @@ def _profile(table: str) -> DeviceProfile:
 def _info(ops: Counter[str]) -> ModelInfo:
     t = TensorSpec("x", (1, 4), "float32")
     return ModelInfo(
-        format="onnx", inputs=(t,), outputs=(t,), operators=dict(ops), parameters=0, macs=0,
-        peak_activation_bytes=0, weight_bytes=0, weight_dtypes=(), compute_dtypes=("float32",), opset=17,
+        format="onnx",
+        inputs=(t,),
+        outputs=(t,),
+        operators=dict(ops),
+        parameters=0,
+        macs=0,
+        peak_activation_bytes=0,
+        weight_bytes=0,
+        weight_dtypes=(),
+        compute_dtypes=("float32",),
+        opset=17,
     )
 
 
@@ -120,8 +152,6 @@ def _real_model(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], out_
 
 
 def _w(name: str, shape: list[int]) -> onnx.TensorProto:
-    import numpy as np
-
     return onnx.numpy_helper.from_array(np.full(shape, 0.01, dtype=np.float32), name)
 
 
@@ -159,7 +189,7 @@ REAL_MODELS = {
             helper.make_node("ArgMax", ["f"], ["a"], axis=1, keepdims=1),
             helper.make_node("Cast", ["a"], ["y"], to=TensorProto.FLOAT),
         ],
-        [onnx.numpy_helper.from_array(__import__("numpy").array([2, 3], dtype="int64"), "axes")],
+        [onnx.numpy_helper.from_array(np.array([2, 3], dtype="int64"), "axes")],
         [1, 1],
     ),
 }

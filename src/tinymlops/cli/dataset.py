@@ -11,7 +11,9 @@ from tinymlops.cli.model import read_file
 from tinymlops.cli.output import JsonOpt, WorkspaceOpt, console, emit_json, fmt_bytes, table
 from tinymlops.workspace import Workspace
 
-app = typer.Typer(help="Datasets (.npz with x and optional y) used for calibration and evaluation.", no_args_is_help=True)
+app = typer.Typer(
+    help="Datasets (.npz with x and optional y) used for calibration and evaluation.", no_args_is_help=True
+)
 
 
 @app.command("add")
@@ -47,6 +49,8 @@ def list_datasets(
     table(
         f"Datasets of {model}",
         ["name", "role", "samples", "x shape", "labels", "size", "sha256"],
-        [[r.name, r.role, r.n_samples, list(r.x_shape), r.has_labels, fmt_bytes(r.size_bytes), r.sha256[:12]]
-         for r in records],
+        [
+            [r.name, r.role, r.n_samples, list(r.x_shape), r.has_labels, fmt_bytes(r.size_bytes), r.sha256[:12]]
+            for r in records
+        ],
     )

@@ -41,9 +41,13 @@ def demo_cmd(
         "Target checks",
         ["variant", "target", "verdict", "issues", "est. latency ms"],
         [
-            [c["ref"], c["target"], "ok" if c["compatible"] else "incompatible",
-             "; ".join(i["message"] for i in c["issues"])[:160],
-             "-" if c["estimated_latency_ms"] is None else f"{c['estimated_latency_ms']:.2f}"]
+            [
+                c["ref"],
+                c["target"],
+                "ok" if c["compatible"] else "incompatible",
+                "; ".join(i["message"] for i in c["issues"])[:160],
+                "-" if c["estimated_latency_ms"] is None else f"{c['estimated_latency_ms']:.2f}",
+            ]
             for c in checks
         ],
     )
@@ -51,8 +55,15 @@ def demo_cmd(
         "Selection: best variant per device and moment",
         ["model", "target", "battery", "charging", "network", "prefer", "chosen"],
         [
-            [s["model"], s["target"], s["context"]["battery"], s["context"]["charging"], s["context"]["network"],
-             s["context"]["prefer"], s.get("chosen") or f"none: {s.get('error', '')[:80]}"]
+            [
+                s["model"],
+                s["target"],
+                s["context"]["battery"],
+                s["context"]["charging"],
+                s["context"]["network"],
+                s["context"]["prefer"],
+                s.get("chosen") or f"none: {s.get('error', '')[:80]}",
+            ]
             for s in result.selections
         ],
     )

@@ -93,20 +93,37 @@ def register(
     ds = read_file(dataset, "dataset") if dataset else None
     if json_out:
         result = register_model(
-            ws, name, data, source=source or str(file.resolve()), tags=tag or (), description=description,
-            dataset=ds, derive=derive, run_evaluation=evaluate_,
+            ws,
+            name,
+            data,
+            source=source or str(file.resolve()),
+            tags=tag or (),
+            description=description,
+            dataset=ds,
+            derive=derive,
+            run_evaluation=evaluate_,
         )
         emit_json(result.to_dict())
         return
     with console.status(f"registering {name} …") as status:
         result = register_model(
-            ws, name, data, source=source or str(file.resolve()), tags=tag or (), description=description,
-            dataset=ds, derive=derive, run_evaluation=evaluate_, progress=lambda msg: status.update(msg.strip()),
+            ws,
+            name,
+            data,
+            source=source or str(file.resolve()),
+            tags=tag or (),
+            description=description,
+            dataset=ds,
+            derive=derive,
+            run_evaluation=evaluate_,
+            progress=lambda msg: status.update(msg.strip()),
         )
     console.print(f"Registered [bold]{result.base.ref}[/] ({result.base.format}, {fmt_bytes(result.base.size_bytes)})")
     for d in result.derivations:
         colour = {"succeeded": "green", "existing": "cyan", "failed": "red", "skipped": "yellow"}[d.status]
-        console.print(f"  [{colour}]{d.status:9}[/] {d.variant}" + (f" — {d.error}" if d.error else ""), highlight=False)
+        console.print(
+            f"  [{colour}]{d.status:9}[/] {d.variant}" + (f" — {d.error}" if d.error else ""), highlight=False
+        )
     if evaluate_:
         arts = ws.registry.artifacts(name, result.base.version)
         print_evaluation_table(ws, arts, f"Evaluation of {name}:{result.base.version}")
@@ -123,8 +140,10 @@ def list_models(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> No
     table(
         "Models",
         ["name", "versions", "latest", "variants", "failed recipes", "formats", "description"],
-        [[m.name, m.versions, m.latest_version, m.variants, m.failed_derivations, ",".join(m.formats), m.description]
-         for m in models],
+        [
+            [m.name, m.versions, m.latest_version, m.variants, m.failed_derivations, ",".join(m.formats), m.description]
+            for m in models
+        ],
     )
 
 
@@ -140,11 +159,13 @@ def show(
     ev = ws.registry.latest_evaluation(a.id)
     derivations = [d for d in ws.registry.derivations(a.model, a.version) if d.parent_id == a.id]
     if json_out:
-        emit_json({
-            **a.to_dict(),
-            "evaluation": ev.to_dict() if ev else None,
-            "derivations": [d.to_dict() for d in derivations],
-        })
+        emit_json(
+            {
+                **a.to_dict(),
+                "evaluation": ev.to_dict() if ev else None,
+                "derivations": [d.to_dict() for d in derivations],
+            }
+        )
         return
     info = a.info
     rows: list[list[Any]] = [
@@ -278,7 +299,9 @@ def derive(
     if json_out:
         emit_json([o.to_dict() for o in outcomes])
         return
-    table(f"Derivations of {base.ref}", ["variant", "status", "error"], [[o.variant, o.status, o.error] for o in outcomes])
+    table(
+        f"Derivations of {base.ref}", ["variant", "status", "error"], [[o.variant, o.status, o.error] for o in outcomes]
+    )
 
 
 @app.command("evaluate")

@@ -54,7 +54,7 @@ def fmt_bytes(n: float | None) -> str:
 def fmt_num(n: float | None, digits: int = 3) -> str:
     if n is None:
         return "-"
-    if isinstance(n, int) or float(n).is_integer() and abs(n) >= 1000:
+    if isinstance(n, int) or (float(n).is_integer() and abs(n) >= 1000):
         return f"{int(n):,}"
     return f"{n:.{digits}f}"
 

@@ -33,11 +33,20 @@ def list_recipes(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> N
     if json_out:
         emit_json(data)
         return
-    table("Recipe plug-ins", ["name", "reads", "defaults", "summary"],
-          [[n, ",".join(c.input_formats), dict(c.defaults), c.summary] for n, c in plugins.items()])
+    table(
+        "Recipe plug-ins",
+        ["name", "reads", "defaults", "summary"],
+        [[n, ",".join(c.input_formats), dict(c.defaults), c.summary] for n, c in plugins.items()],
+    )
     if ws is not None:
-        table("Configured steps (tinymlops.toml)", ["step", "recipe", "params"],
-              [[s.name, s.recipe, dict(s.params)] for s in ws.config.steps.values()])
-        table("Chains", ["applies to", "chains"],
-              [["every model", ", ".join(ws.config.default_chains)]]
-              + [[f"target {t}", ", ".join(c)] for t, c in ws.config.target_chains.items()])
+        table(
+            "Configured steps (tinymlops.toml)",
+            ["step", "recipe", "params"],
+            [[s.name, s.recipe, dict(s.params)] for s in ws.config.steps.values()],
+        )
+        table(
+            "Chains",
+            ["applies to", "chains"],
+            [["every model", ", ".join(ws.config.default_chains)]]
+            + [[f"target {t}", ", ".join(c)] for t, c in ws.config.target_chains.items()],
+        )

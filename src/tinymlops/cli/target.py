@@ -26,9 +26,16 @@ def list_targets(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> N
         ["name", "class", "backends", "dtypes", "operators", "RAM", "storage", "compute×", "active W", "idle W"],
         [
             [
-                p.name, p.device_class, ",".join(p.backends), ",".join(p.dtypes),
+                p.name,
+                p.device_class,
+                ",".join(p.backends),
+                ",".join(p.dtypes),
                 p.onnx_operator_table or ("listed" if p.onnx_operators or p.tflite_operators else "all"),
-                f"{p.ram_mb:g} MiB", f"{p.storage_mb:g} MiB", f"{p.relative_compute:g}", p.active_power_w, p.idle_power_w,
+                f"{p.ram_mb:g} MiB",
+                f"{p.storage_mb:g} MiB",
+                f"{p.relative_compute:g}",
+                p.active_power_w,
+                p.idle_power_w,
             ]
             for p in profiles
         ],
@@ -77,7 +84,8 @@ def check(
             f"storage {fmt_bytes(report.storage_needed_bytes)}"
         )
         console.print(
-            f"estimated latency: {est:.3f} ms ({report.latency_basis})" if est is not None
+            f"estimated latency: {est:.3f} ms ({report.latency_basis})"
+            if est is not None
             else "estimated latency: unknown (not evaluated on this host yet)"
         )
         for op, note in report.caveats.items():

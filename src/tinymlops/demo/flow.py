@@ -112,12 +112,16 @@ def run_demo(
                 continue
             say(f"registering MLPerf Tiny {file} …")
             result.registrations[name] = register_model(
-                ws, name, path.read_bytes(), source=f"MLPerf Tiny reference model {file}", tags=["mlperf-tiny"],
+                ws,
+                name,
+                path.read_bytes(),
+                source=f"MLPerf Tiny reference model {file}",
+                tags=["mlperf-tiny"],
                 progress=say,
             )
 
     for model in result.registrations:
-        base, candidates = candidates_for(ws.registry, model)
+        _base, candidates = candidates_for(ws.registry, model)
         for target in ("mcu-cortex-m7", "rpi-4", "android-nnapi-phone"):
             profile = ws.targets.get(target)
             for c in candidates:

@@ -71,7 +71,7 @@ class Recipe(ABC):
         self.check_params(resolved)
         return resolved
 
-    def check_params(self, params: Mapping[str, Any]) -> None:
+    def check_params(self, params: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook
         """Raise :class:`ConfigError` for parameter values out of range (override as needed)."""
 
     @abstractmethod

@@ -13,7 +13,8 @@ import numpy as np
 from tinymlops.errors import ConfigError, InvalidDatasetError
 from tinymlops.spec.model_info import ModelInfo, TensorSpec
 
-_FLOAT_DTYPES = ("float16", "float32", "float64")
+_FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+_INT_DTYPES = ("int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64")
 
 
 def generated_inputs(info: ModelInfo, n: int, seed: int) -> np.ndarray:
@@ -37,23 +38,18 @@ def generated_inputs(info: ModelInfo, n: int, seed: int) -> np.ndarray:
         )
     shape = (n, *spec.concrete_shape(1)[1:])
     rng = np.random.default_rng(seed)
-    if spec.quantization is not None and spec.dtype not in _FLOAT_DTYPES:
+    if spec.quantization is not None and spec.dtype in _INT_DTYPES:
         scale, zero_point = spec.quantization
-        try:
-            limits = np.iinfo(np.dtype(spec.dtype))
-        except ValueError:
-            raise InvalidDatasetError(
-                f"input '{spec.name}' has quantization parameters but dtype {spec.dtype}, "
-                "which is not an integer type"
-            ) from None
+        limits = np.iinfo(np.dtype(spec.dtype))
         low = scale * (int(limits.min) - zero_point)
         high = scale * (int(limits.max) - zero_point)
         return rng.uniform(low, high, size=shape).astype(np.float32)
     if spec.dtype in _FLOAT_DTYPES:
         return rng.standard_normal(size=shape, dtype=np.float32)
     raise InvalidDatasetError(
-        f"cannot generate inputs for input '{spec.name}' of dtype {spec.dtype} without quantization "
-        "parameters (its values are probably indices or codes); register a dataset for this model"
+        f"cannot generate inputs for input '{spec.name}' of dtype {spec.dtype}: only float inputs and "
+        "quantized integer inputs can be generated (other values are usually indices, codes or text); "
+        "register a dataset for this model"
     )
 
 

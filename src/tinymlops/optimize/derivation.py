@@ -152,7 +152,9 @@ def derive_variants(
                 tags=[f"target:{t}" for t in sorted(node.targets)],
             )
             produced[node.path] = artifact
-            outcomes.append(DerivationOutcome(node.path, "succeeded", artifact, duration_s=time.perf_counter() - started))
+            outcomes.append(
+                DerivationOutcome(node.path, "succeeded", artifact, duration_s=time.perf_counter() - started)
+            )
         except Exception as exc:  # a failed recipe is recorded, never fatal for the others
             message = exc.message if isinstance(exc, TinyMLOpsError) else f"{type(exc).__name__}: {exc}"
             details = _jsonable(exc.details) if isinstance(exc, TinyMLOpsError) else {}

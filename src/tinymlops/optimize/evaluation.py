@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import platform
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -129,13 +130,17 @@ def evaluate(
     results: dict[int, dict[str, Any]] = {}
     base_out: np.ndarray | None = None
     for artifact in [base, *[a for a in artifacts if a.id != base.id]]:
+        model = registry.read_bytes(artifact)
         try:
-            out, metrics = measure(registry.read_bytes(artifact), artifact.format, data, config)
+            out, metrics = measure(model, artifact.format, data, config)
         except TinyMLOpsError as exc:
             metrics = {"error": exc.message}
             out = None
         metrics["size_bytes"] = artifact.size_bytes
         metrics["size_ratio"] = artifact.size_bytes / base.size_bytes
+        # what a download costs: pruning zeros weights without shrinking the dense file,
+        # but the zeros compress
+        metrics["compressed_bytes"] = len(zlib.compress(model, 6))
         metrics["samples"] = int(data.x.shape[0])
         if artifact.id == base.id:
             base_out = out

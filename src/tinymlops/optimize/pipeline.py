@@ -50,7 +50,11 @@ def register_model(
     written. A failing recipe is recorded and does not stop the others.
     """
     say = progress or (lambda _msg: None)
-    datasets = [(n, role, blob) for n, role, blob in ((dataset_name, "eval", dataset), ("calibration", "calibration", calibration)) if blob is not None]
+    datasets = [
+        (n, role, blob)
+        for n, role, blob in ((dataset_name, "eval", dataset), ("calibration", "calibration", calibration))
+        if blob is not None
+    ]
     if datasets:
         info = inspect_model(data)
         for ds_name, _, blob in datasets:

@@ -6,6 +6,7 @@ They need the ``train`` extra and are imported only when called.
 from __future__ import annotations
 
 import io
+import warnings
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,8 @@ def onnx_from_torch(module: Any, example_input: Any, *, opset: int = 17, dynamic
     module = module.eval()
     axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(
                 module,
                 (example,),

@@ -65,7 +65,9 @@ def check_matches(dataset: Dataset, info: ModelInfo, source: str = "dataset") ->
     spec = info.inputs[0]
     want = spec.shape[1:]
     got = dataset.x.shape[1:]
-    ok = len(want) == len(got) and all(not isinstance(w, int) or w <= 0 or w == g for w, g in zip(want, got, strict=True))
+    ok = len(want) == len(got) and all(
+        not isinstance(w, int) or w <= 0 or w == g for w, g in zip(want, got, strict=True)
+    )
     if not ok:
         raise InvalidDatasetError(
             f"{source}: sample shape {tuple(got)} does not match the model input "

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from tinymlops.registry.refs import format_ref
@@ -101,7 +101,12 @@ class EvaluationRecord:
     created_at: datetime
 
     def to_dict(self) -> dict[str, Any]:
-        return {"dataset": self.dataset, "host": self.host, "metrics": self.metrics, "created_at": self.created_at.isoformat()}
+        return {
+            "dataset": self.dataset,
+            "host": self.host,
+            "metrics": self.metrics,
+            "created_at": self.created_at.isoformat(),
+        }
 
 
 @dataclass(frozen=True)

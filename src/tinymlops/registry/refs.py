@@ -35,9 +35,7 @@ def parse_ref(text: str) -> ModelRef:
         raise ModelRefError(f"empty variant in reference {text!r}; expected NAME[:VERSION]/VARIANT")
     name, sep, version_text = head.partition(":")
     if not NAME.match(name):
-        raise ModelRefError(
-            f"bad model name in reference {text!r}: use letters, digits, '.', '_' and '-' (max 128)"
-        )
+        raise ModelRefError(f"bad model name in reference {text!r}: use letters, digits, '.', '_' and '-' (max 128)")
     version: int | None = None
     if sep:
         if version_text == "latest":

@@ -270,9 +270,7 @@ class Registry:
     # --- reading ---------------------------------------------------------------------------
     def get(self, artifact_id: int) -> ArtifactRecord:
         with self.engine.connect() as conn:
-            row = conn.execute(
-                select(*_ARTIFACT_COLUMNS).join(ModelRow).where(ArtifactRow.id == artifact_id)
-            ).first()
+            row = conn.execute(select(*_ARTIFACT_COLUMNS).join(ModelRow).where(ArtifactRow.id == artifact_id)).first()
         if row is None:
             raise ModelNotFoundError(f"no artifact with id {artifact_id}")
         return _artifact(row)
@@ -286,9 +284,7 @@ class Registry:
                 raise ModelNotFoundError(f"no model named '{parsed.name}' in this workspace", model=parsed.name)
             version = parsed.version
             if version is None:
-                version = conn.scalar(
-                    select(func.max(ArtifactRow.version)).where(ArtifactRow.model_id == model_id)
-                )
+                version = conn.scalar(select(func.max(ArtifactRow.version)).where(ArtifactRow.model_id == model_id))
             row = conn.execute(
                 select(*_ARTIFACT_COLUMNS)
                 .join(ModelRow)
@@ -327,7 +323,9 @@ class Registry:
 
     def list_models(self) -> list[ModelSummary]:
         with self.engine.connect() as conn:
-            models = conn.execute(select(ModelRow.id, ModelRow.name, ModelRow.description).order_by(ModelRow.name)).all()
+            models = conn.execute(
+                select(ModelRow.id, ModelRow.name, ModelRow.description).order_by(ModelRow.name)
+            ).all()
             stats = {
                 r[0]: r
                 for r in conn.execute(

@@ -52,9 +52,7 @@ def get_number(
     return float(value)
 
 
-def get_int(
-    doc: str, data: Mapping[str, Any], key: str, default: Any = _MISSING, *, minimum: int | None = None
-) -> int:
+def get_int(doc: str, data: Mapping[str, Any], key: str, default: Any = _MISSING, *, minimum: int | None = None) -> int:
     value = data.get(key, default)
     if value is _MISSING:
         raise SpecError(f"{doc}: missing required field '{key}'")

@@ -39,9 +39,7 @@ class DeviceContext:
         if self.network not in NETWORKS:
             raise SpecError(f"device context: network must be one of {', '.join(NETWORKS)}, got {self.network!r}")
         if self.prefer not in PREFERENCES:
-            raise SpecError(
-                f"device context: prefer must be one of {', '.join(PREFERENCES)}, got {self.prefer!r}"
-            )
+            raise SpecError(f"device context: prefer must be one of {', '.join(PREFERENCES)}, got {self.prefer!r}")
         if self.bandwidth_kbps is not None and not self.bandwidth_kbps > 0:
             raise SpecError(f"device context: bandwidth_kbps must be > 0, got {self.bandwidth_kbps}")
 

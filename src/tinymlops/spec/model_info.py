@@ -12,7 +12,31 @@ from tinymlops.spec._parse import check_version, get_choice, get_int, get_str, r
 MODEL_INFO_SPEC_MAJOR = 1
 FORMATS = ("onnx", "tflite")
 #: numpy dtype names used in signatures
-TENSOR_DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool")
+TENSOR_DTYPES = (
+    "float32",
+    "float16",
+    "bfloat16",
+    "float64",
+    "int8",
+    "uint8",
+    "int16",
+    "uint16",
+    "int32",
+    "uint32",
+    "int64",
+    "uint64",
+    "bool",
+    "string",
+)
+#: non-tensor ONNX values (e.g. scikit-learn's ZipMap output) are written "seq(...)" / "map(...)"
+_COMPOSITE_PREFIXES = ("seq(", "map(", "optional(")
+
+
+def _dtype(doc: str, data: Mapping[str, Any]) -> str:
+    value = get_str(doc, data, "dtype")
+    if value.startswith(_COMPOSITE_PREFIXES) and value.endswith(")"):
+        return value
+    return get_choice(doc, data, "dtype", TENSOR_DTYPES)
 
 
 @dataclass(frozen=True)
@@ -45,7 +69,7 @@ class TensorSpec:
         return cls(
             name=get_str(doc, data, "name"),
             shape=tuple(shape),
-            dtype=get_choice(doc, data, "dtype", TENSOR_DTYPES),
+            dtype=_dtype(doc, data),
             quantization=None if q is None else (float(q[0]), int(q[1])),
         )
 
@@ -88,9 +112,20 @@ class ModelInfo:
             doc,
             data,
             {
-                "spec_version", "format", "inputs", "outputs", "operators", "parameters", "macs",
-                "peak_activation_bytes", "weight_bytes", "weight_dtypes", "compute_dtypes", "opset",
-                "producer", "estimates",
+                "spec_version",
+                "format",
+                "inputs",
+                "outputs",
+                "operators",
+                "parameters",
+                "macs",
+                "peak_activation_bytes",
+                "weight_bytes",
+                "weight_dtypes",
+                "compute_dtypes",
+                "opset",
+                "producer",
+                "estimates",
             },
         )
         check_version(doc, data, MODEL_INFO_SPEC_MAJOR)

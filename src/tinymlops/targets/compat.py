@@ -15,8 +15,9 @@ and the target's :class:`~tinymlops.spec.DeviceProfile`:
     ONNX only: the default-domain opset lies within ``[min_opset, max_opset]``.
 ``dtype``
     weight and compute dtypes, mapped to the profile vocabulary (float32 -> fp32,
-    float16 -> fp16, int8/uint8 -> int8; int32/int64/bool are index or auxiliary types and are
-    always allowed), are in ``profile.dtypes``; one issue per unsupported dtype.
+    float16 -> fp16, int8/uint8 -> int8; int32/int64/uint32/uint64/bool/string and composite
+    seq/map values are index or auxiliary types and always allowed), are in ``profile.dtypes``;
+    one issue per unsupported dtype (bfloat16, float64, int16, uint16 have no profile equivalent).
 ``memory``
     the RAM estimate ``peak_activation_bytes + weight_bytes`` fits in ``ram_mb``.
 ``storage``
@@ -39,8 +40,10 @@ from tinymlops.targets.ort_tables import canonical_op, load_table, split_op
 FORMAT_BACKENDS: Mapping[str, str] = {"onnx": "onnxruntime", "tflite": "litert"}
 #: numpy dtype -> profile dtype vocabulary
 DTYPE_VOCABULARY: Mapping[str, str] = {"float32": "fp32", "float16": "fp16", "int8": "int8", "uint8": "int8"}
-#: index / auxiliary dtypes every runtime handles
-AUXILIARY_DTYPES = frozenset({"int32", "int64", "bool"})
+#: index / auxiliary dtypes every runtime handles (indices, shapes, masks, labels)
+AUXILIARY_DTYPES = frozenset({"int32", "int64", "uint32", "uint64", "bool", "string"})
+#: non-tensor ONNX values ("seq(...)", "map(...)", "optional(...)"), e.g. scikit-learn's ZipMap output
+_COMPOSITE_PREFIXES = ("seq(", "map(", "optional(")
 #: op domains ONNX Runtime's CPU execution provider implements ("" = ai.onnx)
 ORT_CPU_DOMAINS = frozenset({"", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc"})
 ISSUE_KINDS = ("backend", "format", "operator", "opset", "dtype", "memory", "storage")
@@ -177,7 +180,7 @@ def _check_dtypes(info: ModelInfo, profile: DeviceProfile) -> list[CompatIssue]:
     wanted: dict[str, dict[str, set[str]]] = {}
     for where, dtypes in (("weights", info.weight_dtypes), ("compute", info.compute_dtypes)):
         for dt in dtypes:
-            if dt in AUXILIARY_DTYPES:
+            if dt in AUXILIARY_DTYPES or dt.startswith(_COMPOSITE_PREFIXES):
                 continue
             key = DTYPE_VOCABULARY.get(dt, dt)
             entry = wanted.setdefault(key, {"where": set(), "source": set()})
@@ -231,8 +234,10 @@ def check_compatibility(
         )
     else:
         issues.extend(_check_operators(info, profile, caveats))
-        if info.format == "onnx" and info.opset is not None and not (
-            profile.min_opset <= info.opset <= profile.max_opset
+        if (
+            info.format == "onnx"
+            and info.opset is not None
+            and not (profile.min_opset <= info.opset <= profile.max_opset)
         ):
             issues.append(
                 CompatIssue(

@@ -281,8 +281,10 @@ def _compare(loser: _Scored, winner: _Scored) -> tuple[list[str], list[str]]:
             better.append(f"uses {_fmt_energy(-de)} less energy per inference")
     dq = lc.quality - wc.quality
     if dq != 0:
-        basis = lc.quality_source if lc.quality_source == wc.quality_source else (
-            f"{lc.quality_source} vs {wc.quality_source}"
+        basis = (
+            lc.quality_source
+            if lc.quality_source == wc.quality_source
+            else (f"{lc.quality_source} vs {wc.quality_source}")
         )
         text = f"by {abs(dq) * 100:.2f} points ({basis})"
         (worse if dq < 0 else better).append(("less accurate " if dq < 0 else "more accurate ") + text)
@@ -406,8 +408,10 @@ def select_variant(
         reason = f"the only compatible candidate ({len(cands) - 1} incompatible)"
     else:
         runner = ranked[1]
-        reason = f"best score {float(winner.score):.4f} (lower is better); runner-up {runner.cand.ref} at " \
+        reason = (
+            f"best score {float(winner.score):.4f} (lower is better); runner-up {runner.cand.ref} at "
             f"{float(runner.score):.4f}"
+        )
 
     return Selection(
         target=profile.name,

@@ -73,8 +73,9 @@ default = ["fp16", "int8-dynamic", "int8-static", "prune-50", "prune-50>int8-sta
 # [derive.models.my-model]
 # chains = ["int8-static"]
 
-# per-target chains: variants derived for (and tagged with) a device profile
-[derive.targets.mcu-cortex-m7]
+# per-target chains: variants derived for (and tagged with) a device profile. s8 activations
+# with per-channel s8 weights is the layout many phone NPUs and MCU kernels expect.
+[derive.targets.android-nnapi-phone]
 chains = ["int8-static-s8s8"]
 """
 
@@ -131,7 +132,7 @@ def _table(data: Any, where: str) -> Mapping[str, Any]:
 
 def _chains(value: Any, where: str, steps: Mapping[str, StepConfig]) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
-        raise ConfigError(f"{where} must be a list of chain strings like \"prune-50>int8-static\"")
+        raise ConfigError(f'{where} must be a list of chain strings like "prune-50>int8-static"')
     for chain in value:
         for step in chain.split(">"):
             if step not in steps:
@@ -161,7 +162,9 @@ def parse_config(text: str, source: str = "tinymlops.toml") -> WorkspaceConfig:
         if key in ev and (not isinstance(ev[key], int) or isinstance(ev[key], bool) or ev[key] < 0):
             raise ConfigError(f"{source}: [evaluation] {key} must be a non-negative integer")
     if set(ev) - {"max_samples", "warmup", "runs"}:
-        raise ConfigError(f"{source}: [evaluation] unknown key(s) {sorted(set(ev) - {'max_samples', 'warmup', 'runs'})}")
+        raise ConfigError(
+            f"{source}: [evaluation] unknown key(s) {sorted(set(ev) - {'max_samples', 'warmup', 'runs'})}"
+        )
     evaluation = EvaluationConfig(**{k: ev[k] for k in ("max_samples", "warmup", "runs") if k in ev})
     if evaluation.runs < 1:
         raise ConfigError(f"{source}: [evaluation] runs must be at least 1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -81,7 +82,8 @@ def check_str_list(recipe: str, params: Mapping[str, Any], key: str) -> None:
         or not all(isinstance(v, str) and v for v in value)
     ):
         raise ConfigError(
-            f"recipe '{recipe}': parameter '{key}' must be a non-empty list of names (or unset); got {value!r}",
+            f"recipe '{recipe}': parameter '{key}' must be a non-empty list of names (or unset); "
+            f"got {value!r}",
             param=key,
         )
 
@@ -121,7 +123,8 @@ def load_onnx(recipe: str, data: bytes) -> onnx.ModelProto:
         model = onnx.load_from_string(bytes(data))
     except Exception as exc:
         raise RecipeError(
-            f"recipe '{recipe}': the input is not a valid ONNX model ({type(exc).__name__}: {first_line(exc)})",
+            f"recipe '{recipe}': the input is not a valid ONNX model "
+            f"({type(exc).__name__}: {first_line(exc)})",
             recipe=recipe,
         ) from exc
     if model.ir_version <= 0 or not model.graph.node or not model.graph.output:
@@ -147,7 +150,9 @@ def signature(model: onnx.ModelProto) -> list[tuple[str, str, int, tuple[int | s
     out = []
     for kind, values in (("input", graph_inputs(model)), ("output", list(model.graph.output))):
         for v in values:
-            dims = tuple(d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim)
+            dims = tuple(
+                d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim
+            )
             out.append((kind, v.name, v.type.tensor_type.elem_type, dims))
     return out
 
@@ -161,8 +166,12 @@ def check_loads_in_ort(recipe: str, data: bytes) -> None:
         open_backend(data, "onnx")
     except BackendError as exc:
         raise RecipeError(
-            f"recipe '{recipe}' produced a model ONNX Runtime cannot load: {exc.message}", recipe=recipe
+            f"recipe '{recipe}' produced an unusable model — {exc.message}", recipe=recipe
         ) from exc
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
 
 
 def first_line(exc: BaseException) -> str:
@@ -172,7 +181,7 @@ def first_line(exc: BaseException) -> str:
 
 @contextlib.contextmanager
 def quiet(*loggers: str) -> Iterator[None]:
-    """Silence chatty libraries (their loggers and Python warnings) for the duration."""
+    """Silence chatty libraries (their loggers, Python warnings and prints) for the duration."""
     saved = []
     for name in loggers:
         log = logging.getLogger(name)
@@ -182,7 +191,7 @@ def quiet(*loggers: str) -> Iterator[None]:
     saved.append((root, root.level, root.disabled))
     root.setLevel(max(root.level, logging.ERROR))
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:

@@ -21,9 +21,7 @@ def quant_type(name: str) -> Any:
     return {"qint8": QuantType.QInt8, "quint8": QuantType.QUInt8}[name]
 
 
-def run_quantizer(
-    recipe: str, model: Any, quantize: Callable[[Path, Path], None]
-) -> tuple[bytes, str]:
+def run_quantizer(recipe: str, model: Any, quantize: Callable[[Path, Path], None]) -> tuple[bytes, str]:
     """Write ``model`` to a temporary directory, pre-process it (ONNX Runtime's
     ``quant_pre_process``: shape inference and graph clean-up, as its docs recommend), call
     ``quantize(input_path, output_path)`` and return the output bytes and what pre-processing did.
@@ -50,7 +48,8 @@ def run_quantizer(
                 quantize(quant_input, out)
             except Exception as exc:
                 raise RecipeError(
-                    f"recipe '{recipe}': ONNX Runtime's quantizer failed: {type(exc).__name__}: {first_line(exc)}",
+                    f"recipe '{recipe}': ONNX Runtime's quantizer failed: "
+                    f"{type(exc).__name__}: {first_line(exc)}",
                     recipe=recipe,
                 ) from exc
         if not out.exists():

@@ -98,7 +98,8 @@ def prunable_weights(model: Any) -> list[str]:
     floats = {
         init.name
         for init in model.graph.initializer
-        if init.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16)
+        if init.data_type
+        in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16)
     }
     used: set[str] = set()
     for node in model.graph.node:
@@ -123,7 +124,9 @@ def _prune_tensor(w: np.ndarray, sparsity: float) -> np.ndarray:
     return flat.reshape(w.shape)
 
 
-def _prune_global(arrays: Mapping[str, np.ndarray], names: list[str], sparsity: float) -> dict[str, np.ndarray]:
+def _prune_global(
+    arrays: Mapping[str, np.ndarray], names: list[str], sparsity: float
+) -> dict[str, np.ndarray]:
     flats = [arrays[n].reshape(-1) for n in names]
     magnitudes = np.concatenate([np.abs(f.astype(np.float64)) for f in flats])
     k = _n_pruned(magnitudes.size, sparsity)

@@ -22,6 +22,8 @@ from tinymlops.optimize.recipes._common import (
     check_format,
     check_int,
     check_loads_in_ort,
+    default_opset,
+    first_line,
     graph_inputs,
     load_onnx,
     tool_versions,
@@ -31,6 +33,13 @@ from tinymlops.optimize.recipes._ort_quant import quant_type, run_quantizer
 TYPES = ("quint8", "qint8")
 CALIBRATE_METHODS = ("minmax", "entropy", "percentile")
 QUANT_FORMATS = ("qdq", "qoperator")
+PER_CHANNEL_QDQ_OPSET = 13
+#: said with every entropy-calibrated variant, because it surprises
+ENTROPY_NOTE = (
+    "quantize_static runs entropy calibration with as many quantized bins as histogram bins (128), "
+    "so the KL search usually has a single candidate, the whole histogram range: expect ranges close "
+    "to minmax (on a small CNN the variant came out byte-identical to minmax)"
+)
 
 
 @register_recipe
@@ -81,6 +90,23 @@ class QuantizeStatic(Recipe):
             dtype = onnx.helper.tensor_dtype_to_np_dtype(spec.type.tensor_type.elem_type)
         except Exception:
             dtype = np.dtype(np.float32)
+        opset_note = None
+        if (
+            params["per_channel"]
+            and params["quant_format"] == "qdq"
+            and default_opset(model) < PER_CHANNEL_QDQ_OPSET
+        ):
+            # per-axis QuantizeLinear/DequantizeLinear exist from opset 13 on
+            before = default_opset(model)
+            try:
+                model = onnx.version_converter.convert_version(model, PER_CHANNEL_QDQ_OPSET)
+            except Exception as exc:
+                raise RecipeError(
+                    f"recipe '{self.name}': per-channel QDQ needs opset {PER_CHANNEL_QDQ_OPSET}, and this "
+                    f"opset {before} model cannot be upgraded: {type(exc).__name__}: {first_line(exc)}",
+                    recipe=self.name,
+                ) from exc
+            opset_note = f"upgraded from {before} to {PER_CHANNEL_QDQ_OPSET} for per-channel QDQ"
         feeds = [{spec.name: np.ascontiguousarray(rows[i : i + 1], dtype=dtype)} for i in range(len(rows))]
 
         def quantize(src: Any, dst: Any) -> None:
@@ -105,7 +131,9 @@ class QuantizeStatic(Recipe):
                 str(src),
                 str(dst),
                 Rows(),
-                quant_format={"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}[params["quant_format"]],
+                quant_format={"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}[
+                    params["quant_format"]
+                ],
                 per_channel=params["per_channel"],
                 activation_type=quant_type(params["activation_type"]),
                 weight_type=quant_type(params["weight_type"]),
@@ -119,19 +147,24 @@ class QuantizeStatic(Recipe):
 
         data, preprocessing = run_quantizer(self.name, model, quantize)
         check_loads_in_ort(self.name, data)
+        notes: dict[str, Any] = {
+            "calibration_source": ctx.calibration_source,
+            "calibration_samples_used": len(rows),
+            "preprocessing": preprocessing,
+            "type_pair": f"activations {params['activation_type']}, weights {params['weight_type']}",
+            "kernels": "ONNX Runtime's int8 kernel speed depends on the type pair, format and host; "
+            "benchmark this variant on the target before preferring it",
+        }
+        if opset_note:
+            notes["opset"] = opset_note
+        if params["calibrate_method"] == "entropy":
+            notes["calibrate_method_note"] = ENTROPY_NOTE
         return RecipeOutput(
             model=data,
             format="onnx",
             params=dict(params),
             tools=tool_versions(*ONNX_TOOLS, "onnxruntime"),
-            notes={
-                "calibration_source": ctx.calibration_source,
-                "calibration_samples_used": len(rows),
-                "preprocessing": preprocessing,
-                "type_pair": f"activations {params['activation_type']}, weights {params['weight_type']}",
-                "kernels": "ONNX Runtime's int8 kernel speed depends on the type pair, format and host; "
-                "benchmark this variant on the target before preferring it",
-            },
+            notes=notes,
         )
 
 
@@ -141,7 +174,9 @@ def _calibration_rows(recipe: str, calibration: np.ndarray, spec: Any, limit: in
         raise RecipeError(f"recipe '{recipe}': no calibration rows to calibrate on", recipe=recipe)
     dims = [d.dim_value if d.HasField("dim_value") else None for d in spec.type.tensor_type.shape.dim]
     expected = dims[1:]
-    if x.ndim != len(dims) or any(e is not None and e > 0 and e != a for e, a in zip(expected, x.shape[1:], strict=True)):
+    if x.ndim != len(dims) or any(
+        e is not None and e > 0 and e != a for e, a in zip(expected, x.shape[1:], strict=True)
+    ):
         shown = ["?" if d is None else d for d in dims]
         raise RecipeError(
             f"recipe '{recipe}': calibration rows of shape {list(x.shape)} do not fit input "
