@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 
 from tinymlops.edge.backends import open_backend
@@ -211,6 +212,7 @@ def test_onnx_recipe_produces_a_faithful_deterministic_variant(
     second = run(name, digits.ctx(), **params)
 
     assert first.format == "onnx"
+    onnx.checker.check_model(onnx.load_from_string(first.model))  # the registry runs it too
     assert sha(first.model) == sha(second.model), "same bytes + same params must give the same bytes"
     assert onnx_signature(first.model) == onnx_signature(digits.model)
     assert dict(first.params) == {**get_recipe(name).defaults, **params}
@@ -232,9 +234,7 @@ def test_quantizing_recipes_record_onnxruntime_and_shrink_the_file(digits: Digit
 @pytest.mark.parametrize(
     ("activation_type", "weight_type"), [("quint8", "qint8"), ("qint8", "qint8"), ("quint8", "quint8")]
 )
-def test_static_int8_keeps_accuracy_within_two_points(
-    digits: Digits, activation_type: str, weight_type: str
-) -> None:
+def test_static_int8_keeps_accuracy_within_two_points(digits: Digits, activation_type: str, weight_type: str) -> None:
     out = run("quantize-static", digits.ctx(), activation_type=activation_type, weight_type=weight_type)
     accuracy = float((predict(out.model, digits.x_test) == digits.y_test).mean())
     assert digits.fp32_accuracy > 0.9
@@ -284,8 +284,6 @@ def test_static_rejects_calibration_rows_of_the_wrong_shape(digits: Digits) -> N
 
 
 def test_dynamic_honours_op_types(digits: Digits) -> None:
-    import onnx
-
     out = run("quantize-dynamic", digits.ctx(), op_types=["Gemm"])
     ops = {n.op_type for n in onnx.load_from_string(out.model).graph.node}
     assert "Conv" in ops and "ConvInteger" not in ops
@@ -293,8 +291,6 @@ def test_dynamic_honours_op_types(digits: Digits) -> None:
 
 
 def test_fp16_stores_float16_weights_and_keeps_float32_io(digits: Digits) -> None:
-    import onnx
-
     out = run("fp16", digits.ctx())
     model = onnx.load_from_string(out.model)
     weights = {i.data_type for i in model.graph.initializer if len(i.dims) >= 2}
@@ -306,7 +302,6 @@ def test_fp16_stores_float16_weights_and_keeps_float32_io(digits: Digits) -> Non
 
 # --- prune --------------------------------------------------------------------------------------
 def _targeted(model: bytes) -> dict[str, np.ndarray]:
-    import onnx
     from onnx import numpy_helper
 
     from tinymlops.optimize.recipes.prune import prunable_weights
@@ -317,7 +312,6 @@ def _targeted(model: bytes) -> dict[str, np.ndarray]:
 
 
 def _others(model: bytes) -> dict[str, np.ndarray]:
-    import onnx
     from onnx import numpy_helper
 
     m = onnx.load_from_string(model)
@@ -327,9 +321,7 @@ def _others(model: bytes) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.9])
 @pytest.mark.parametrize("scope", ["per-tensor", "global"])
-def test_prune_reaches_the_requested_sparsity_on_weights_only(
-    digits: Digits, sparsity: float, scope: str
-) -> None:
+def test_prune_reaches_the_requested_sparsity_on_weights_only(digits: Digits, sparsity: float, scope: str) -> None:
     out = run("prune", digits.ctx(), sparsity=sparsity, scope=scope)
     weights = _targeted(out.model)
     assert len(weights) == 4  # two Conv kernels, two Gemm matrices
@@ -349,7 +341,6 @@ def test_prune_reaches_the_requested_sparsity_on_weights_only(
 def _conv_bn_matmul_model() -> bytes:
     """Conv (weight + bias) -> BatchNormalization -> Flatten -> MatMul -> Add: every kind of
     initializer the prune recipe must tell apart."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(3)
@@ -399,7 +390,6 @@ def test_prune_leaves_biases_and_batchnorm_alone_and_breaks_ties_by_position() -
 
 
 def test_prune_without_weights_is_a_recipe_error() -> None:
-    import onnx
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
@@ -487,18 +477,15 @@ def test_tflite_to_onnx_converts_float_models_keeping_the_signature(name: str) -
     out = run("tflite-to-onnx", ctx)
 
     assert out.format == "onnx"
+    onnx.checker.check_model(onnx.load_from_string(out.model))
     assert out.notes["max_abs_diff"] <= out.params["tolerance"] == 1e-4
     assert out.notes["samples_compared"] == 16
     assert out.notes["calibration_source"] == "generated:seed=0"
     assert {"tflite2onnx", "onnx", "numpy"} <= set(out.tools)
     lite = open_backend(ctx.model, "tflite")
     variant = open_backend(out.model, "onnx")
-    assert [(t.name, t.shape, t.dtype) for t in variant.inputs] == [
-        (t.name, t.shape, t.dtype) for t in lite.inputs
-    ]
-    assert [(t.name, t.shape, t.dtype) for t in variant.outputs] == [
-        (t.name, t.shape, t.dtype) for t in lite.outputs
-    ]
+    assert [(t.name, t.shape, t.dtype) for t in variant.inputs] == [(t.name, t.shape, t.dtype) for t in lite.inputs]
+    assert [(t.name, t.shape, t.dtype) for t in variant.outputs] == [(t.name, t.shape, t.dtype) for t in lite.outputs]
     # The same NHWC data feeds both — batched on the variant, since its batch stays symbolic.
     x = ctx.calibration[:4]
     expected = np.concatenate([lite.run(x[i : i + 1])[0] for i in range(len(x))])
@@ -507,8 +494,6 @@ def test_tflite_to_onnx_converts_float_models_keeping_the_signature(name: str) -
 
 
 def test_tflite_to_onnx_keeps_nhwc_by_transposing_inside_the_graph() -> None:
-    import onnx
-
     out = run("tflite-to-onnx", tflite_ctx("vww_96_float.tflite"))
     model = onnx.load_from_string(out.model)
     first = model.graph.node[0]
@@ -527,9 +512,7 @@ def test_tflite_to_onnx_rejects_kws_float_because_onnxruntime_refuses_it() -> No
     assert "tensor(int8)" in str(err.value.details["load_error"])
 
 
-@pytest.mark.parametrize(
-    "name", ["vww_96_int8.tflite", "pretrainedResnet_quant.tflite", "kws_ref_model.tflite"]
-)
+@pytest.mark.parametrize("name", ["vww_96_int8.tflite", "pretrainedResnet_quant.tflite", "kws_ref_model.tflite"])
 def test_tflite_to_onnx_rejects_per_channel_int8_models_with_the_converters_reason(name: str) -> None:
     with pytest.raises(RecipeError) as err:
         run("tflite-to-onnx", tflite_ctx(name))
@@ -564,9 +547,7 @@ def test_a_converted_model_quantizes_on_the_original_nhwc_calibration_rows() -> 
     base model's calibration rows feed it unchanged; per-channel QDQ lifts the opset-11 graph."""
     lctx = tflite_ctx("pretrainedResnet.tflite", n=32)
     converted = run("tflite-to-onnx", lctx).model
-    ctx = RecipeContext(
-        converted, "onnx", info_of(converted, "onnx"), lctx.calibration, lctx.calibration_source
-    )
+    ctx = RecipeContext(converted, "onnx", info_of(converted, "onnx"), lctx.calibration, lctx.calibration_source)
     out = run("quantize-static", ctx, per_channel=True)
     assert "upgraded from 11 to 13" in out.notes["opset"]
     assert onnx_signature(out.model) == onnx_signature(converted)
@@ -661,8 +642,7 @@ out = r.apply(lctx, r.resolve_params({{}}))
 print("tflite-to-onnx", hashlib.sha256(out.model).hexdigest())
 """
     here = {
-        name: sha(run(name, digits.ctx()).model)
-        for name in ("quantize-dynamic", "quantize-static", "fp16", "prune")
+        name: sha(run(name, digits.ctx()).model) for name in ("quantize-dynamic", "quantize-static", "fp16", "prune")
     }
     here["tflite-to-onnx"] = sha(run("tflite-to-onnx", tflite_ctx("pretrainedResnet.tflite")).model)
     for seed in ("1", "12345"):

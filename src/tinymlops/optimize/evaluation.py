@@ -22,6 +22,7 @@ import numpy as np
 
 from tinymlops.edge.backends import open_backend
 from tinymlops.errors import TinyMLOpsError
+from tinymlops.spec.model_info import TensorSpec
 from tinymlops.optimize.calibration import generated_inputs
 from tinymlops.registry.records import ArtifactRecord
 from tinymlops.registry.store import Registry
@@ -77,8 +78,19 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+def score_output_index(outputs: Sequence[TensorSpec]) -> int:
+    """Which output to compare: the first float output shaped [batch, classes>1] (scikit-learn
+    classifiers put the label first and the probabilities second), else the first output."""
+    for i, spec in enumerate(outputs):
+        last = spec.shape[-1] if spec.shape else None
+        if spec.dtype.startswith("float") and len(spec.shape) == 2 and isinstance(last, int) and last > 1:
+            return i
+    return 0
+
+
 def _predict_all(backend: Any, x: np.ndarray) -> np.ndarray:
-    outs = [backend.run(x[i : i + 1])[0] for i in range(x.shape[0])]
+    index = score_output_index(backend.outputs)
+    outs = [backend.run(x[i : i + 1])[index] for i in range(x.shape[0])]
     return np.concatenate(outs, axis=0)
 
 

@@ -32,9 +32,7 @@ def check_choice(recipe: str, params: Mapping[str, Any], key: str, choices: Sequ
 
 def check_bool(recipe: str, params: Mapping[str, Any], key: str) -> None:
     if not isinstance(params[key], bool):
-        raise ConfigError(
-            f"recipe '{recipe}': parameter '{key}' must be true or false; got {params[key]!r}", param=key
-        )
+        raise ConfigError(f"recipe '{recipe}': parameter '{key}' must be true or false; got {params[key]!r}", param=key)
 
 
 def check_int(recipe: str, params: Mapping[str, Any], key: str, minimum: int) -> None:
@@ -82,8 +80,7 @@ def check_str_list(recipe: str, params: Mapping[str, Any], key: str) -> None:
         or not all(isinstance(v, str) and v for v in value)
     ):
         raise ConfigError(
-            f"recipe '{recipe}': parameter '{key}' must be a non-empty list of names (or unset); "
-            f"got {value!r}",
+            f"recipe '{recipe}': parameter '{key}' must be a non-empty list of names (or unset); got {value!r}",
             param=key,
         )
 
@@ -123,8 +120,7 @@ def load_onnx(recipe: str, data: bytes) -> onnx.ModelProto:
         model = onnx.load_from_string(bytes(data))
     except Exception as exc:
         raise RecipeError(
-            f"recipe '{recipe}': the input is not a valid ONNX model "
-            f"({type(exc).__name__}: {first_line(exc)})",
+            f"recipe '{recipe}': the input is not a valid ONNX model ({type(exc).__name__}: {first_line(exc)})",
             recipe=recipe,
         ) from exc
     if model.ir_version <= 0 or not model.graph.node or not model.graph.output:
@@ -150,11 +146,64 @@ def signature(model: onnx.ModelProto) -> list[tuple[str, str, int, tuple[int | s
     out = []
     for kind, values in (("input", graph_inputs(model)), ("output", list(model.graph.output))):
         for v in values:
-            dims = tuple(
-                d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim
-            )
+            dims = tuple(d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim)
             out.append((kind, v.name, v.type.tensor_type.elem_type, dims))
     return out
+
+
+def topological_sort(model: onnx.ModelProto) -> None:
+    """Order the main graph's nodes so that every node comes after the producers of its inputs
+    (the ONNX checker, and so the registry, requires it; ONNX Runtime does not). Stable: among
+    nodes that are ready, the one that came first stays first, so the result is deterministic."""
+    import heapq
+
+    nodes = list(model.graph.node)
+    producer = {out: i for i, node in enumerate(nodes) for out in node.output if out}
+    deps: list[set[int]] = [
+        {producer[name] for name in node.input if name in producer and producer[name] != i}
+        for i, node in enumerate(nodes)
+    ]
+    users: list[list[int]] = [[] for _ in nodes]
+    for i, ds in enumerate(deps):
+        for d in ds:
+            users[d].append(i)
+    waiting = [len(ds) for ds in deps]
+    ready = [i for i, n in enumerate(waiting) if n == 0]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for u in users[i]:
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(ready, u)
+    if len(order) != len(nodes):
+        raise RecipeError("the produced graph has a cycle; it cannot be put in topological order")
+    if order != list(range(len(nodes))):
+        sorted_nodes = [_copy(nodes[i]) for i in order]
+        del model.graph.node[:]
+        model.graph.node.extend(sorted_nodes)
+
+
+def _copy(message: Any) -> Any:
+    out = type(message)()
+    out.CopyFrom(message)
+    return out
+
+
+def check_output(recipe: str, data: bytes) -> None:
+    """Raise :class:`RecipeError` unless the produced ONNX model passes the ONNX checker (as the
+    registry requires) and loads in ONNX Runtime."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(onnx.load_from_string(data))
+    except Exception as exc:
+        raise RecipeError(
+            f"recipe '{recipe}' produced a model the ONNX checker rejects: {first_line(exc)}", recipe=recipe
+        ) from exc
+    check_loads_in_ort(recipe, data)
 
 
 def check_loads_in_ort(recipe: str, data: bytes) -> None:
@@ -165,9 +214,7 @@ def check_loads_in_ort(recipe: str, data: bytes) -> None:
     try:
         open_backend(data, "onnx")
     except BackendError as exc:
-        raise RecipeError(
-            f"recipe '{recipe}' produced an unusable model — {exc.message}", recipe=recipe
-        ) from exc
+        raise RecipeError(f"recipe '{recipe}' produced an unusable model — {exc.message}", recipe=recipe) from exc
 
 
 def default_opset(model: onnx.ModelProto) -> int:

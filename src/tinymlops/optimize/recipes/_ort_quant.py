@@ -48,8 +48,7 @@ def run_quantizer(recipe: str, model: Any, quantize: Callable[[Path, Path], None
                 quantize(quant_input, out)
             except Exception as exc:
                 raise RecipeError(
-                    f"recipe '{recipe}': ONNX Runtime's quantizer failed: "
-                    f"{type(exc).__name__}: {first_line(exc)}",
+                    f"recipe '{recipe}': ONNX Runtime's quantizer failed: {type(exc).__name__}: {first_line(exc)}",
                     recipe=recipe,
                 ) from exc
         if not out.exists():

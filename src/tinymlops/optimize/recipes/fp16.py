@@ -18,13 +18,14 @@ from tinymlops.optimize.base import Recipe, RecipeContext, RecipeOutput, registe
 from tinymlops.optimize.recipes._common import (
     ONNX_TOOLS,
     check_format,
-    check_loads_in_ort,
+    check_output,
     check_str_list,
     first_line,
     load_onnx,
     quiet,
     serialize,
     tool_versions,
+    topological_sort,
 )
 
 #: the converter's own defaults (float16's smallest positive subnormal and largest finite value)
@@ -64,8 +65,10 @@ class Fp16(Recipe):
                 f"recipe '{self.name}': float16 conversion failed: {type(exc).__name__}: {first_line(exc)}",
                 recipe=self.name,
             ) from exc
+        # the converter appends its input Casts after the nodes that read them
+        topological_sort(converted)
         data = serialize(converted)
-        check_loads_in_ort(self.name, data)
+        check_output(self.name, data)
         return RecipeOutput(
             model=data,
             format="onnx",

@@ -20,8 +20,8 @@ from tinymlops.optimize.recipes._common import (
     ONNX_TOOLS,
     check_choice,
     check_format,
-    check_loads_in_ort,
     check_number,
+    check_output,
     load_onnx,
     serialize,
     tool_versions,
@@ -72,7 +72,7 @@ class Prune(Recipe):
         total = sum(a.size for a in pruned.values())
         zeros = sum(int(np.count_nonzero(a == 0)) for a in pruned.values())
         data = serialize(model)
-        check_loads_in_ort(self.name, data)
+        check_output(self.name, data)
         return RecipeOutput(
             model=data,
             format="onnx",
@@ -98,8 +98,7 @@ def prunable_weights(model: Any) -> list[str]:
     floats = {
         init.name
         for init in model.graph.initializer
-        if init.data_type
-        in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16)
+        if init.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16)
     }
     used: set[str] = set()
     for node in model.graph.node:
@@ -124,9 +123,7 @@ def _prune_tensor(w: np.ndarray, sparsity: float) -> np.ndarray:
     return flat.reshape(w.shape)
 
 
-def _prune_global(
-    arrays: Mapping[str, np.ndarray], names: list[str], sparsity: float
-) -> dict[str, np.ndarray]:
+def _prune_global(arrays: Mapping[str, np.ndarray], names: list[str], sparsity: float) -> dict[str, np.ndarray]:
     flats = [arrays[n].reshape(-1) for n in names]
     magnitudes = np.concatenate([np.abs(f.astype(np.float64)) for f in flats])
     k = _n_pruned(magnitudes.size, sparsity)

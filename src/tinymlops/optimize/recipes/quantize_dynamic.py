@@ -13,7 +13,7 @@ from tinymlops.optimize.recipes._common import (
     check_bool,
     check_choice,
     check_format,
-    check_loads_in_ort,
+    check_output,
     check_str_list,
     load_onnx,
     tool_versions,
@@ -52,7 +52,7 @@ class QuantizeDynamic(Recipe):
             )
 
         data, preprocessing = run_quantizer(self.name, model, quantize)
-        check_loads_in_ort(self.name, data)
+        check_output(self.name, data)
         return RecipeOutput(
             model=data,
             format="onnx",

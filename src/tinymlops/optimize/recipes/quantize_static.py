@@ -21,7 +21,7 @@ from tinymlops.optimize.recipes._common import (
     check_choice,
     check_format,
     check_int,
-    check_loads_in_ort,
+    check_output,
     default_opset,
     first_line,
     graph_inputs,
@@ -91,11 +91,7 @@ class QuantizeStatic(Recipe):
         except Exception:
             dtype = np.dtype(np.float32)
         opset_note = None
-        if (
-            params["per_channel"]
-            and params["quant_format"] == "qdq"
-            and default_opset(model) < PER_CHANNEL_QDQ_OPSET
-        ):
+        if params["per_channel"] and params["quant_format"] == "qdq" and default_opset(model) < PER_CHANNEL_QDQ_OPSET:
             # per-axis QuantizeLinear/DequantizeLinear exist from opset 13 on
             before = default_opset(model)
             try:
@@ -131,9 +127,7 @@ class QuantizeStatic(Recipe):
                 str(src),
                 str(dst),
                 Rows(),
-                quant_format={"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}[
-                    params["quant_format"]
-                ],
+                quant_format={"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}[params["quant_format"]],
                 per_channel=params["per_channel"],
                 activation_type=quant_type(params["activation_type"]),
                 weight_type=quant_type(params["weight_type"]),
@@ -146,7 +140,7 @@ class QuantizeStatic(Recipe):
             )
 
         data, preprocessing = run_quantizer(self.name, model, quantize)
-        check_loads_in_ort(self.name, data)
+        check_output(self.name, data)
         notes: dict[str, Any] = {
             "calibration_source": ctx.calibration_source,
             "calibration_samples_used": len(rows),

@@ -35,6 +35,7 @@ from tinymlops.optimize.recipes._common import (
     check_format,
     check_int,
     check_number,
+    check_output,
     first_line,
     graph_inputs,
     quiet,
@@ -73,8 +74,7 @@ class TfliteToOnnx(Recipe):
             ) from exc
         if len(original.inputs) != 1:
             raise RecipeError(
-                f"recipe '{self.name}' verifies single-input models only; this one has "
-                f"{len(original.inputs)} inputs",
+                f"recipe '{self.name}' verifies single-input models only; this one has {len(original.inputs)} inputs",
                 recipe=self.name,
             )
         converted = self._convert(ctx.model)
@@ -110,6 +110,7 @@ class TfliteToOnnx(Recipe):
                 stage="verify",
                 **notes,
             )
+        check_output(self.name, data)
         return RecipeOutput(
             model=data,
             format="onnx",
@@ -210,8 +211,7 @@ _Layouts = tuple[tuple[tuple[int, ...] | None, ...], tuple[tuple[int, ...] | Non
 
 def _converted_dims(value: Any) -> list[int | None]:
     return [
-        d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-        for d in value.type.tensor_type.shape.dim
+        d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in value.type.tensor_type.shape.dim
     ]
 
 
@@ -263,9 +263,7 @@ def _describe(layouts: _Layouts, original: Any) -> dict[str, str]:
     for spec, perm in zip(original.inputs, layouts[0], strict=True):
         notes[spec.name] = "unchanged" if perm is None else "NHWC kept; transposed to NCHW inside the graph"
     for spec, perm in zip(original.outputs, layouts[1], strict=True):
-        notes[spec.name] = (
-            "unchanged" if perm is None else "NHWC kept; transposed back from NCHW inside the graph"
-        )
+        notes[spec.name] = "unchanged" if perm is None else "NHWC kept; transposed back from NCHW inside the graph"
     return notes
 
 
@@ -313,16 +311,12 @@ def _with_signature(
             new_inputs.append(value(spec, elem))
             continue
         if spec.name in taken and spec.name != cv.name:
-            raise RecipeError(
-                f"recipe '{recipe}': input name '{spec.name}' is used inside the converted graph"
-            )
+            raise RecipeError(f"recipe '{recipe}': input name '{spec.name}' is used inside the converted graph")
         inner = internal(cv.name)
         renames[cv.name] = inner
         new_inputs.append(value(spec, elem))
         if perm is None:
-            head.append(
-                helper.make_node("Identity", [spec.name], [inner], name=f"tinymlops_input_{spec.name}")
-            )
+            head.append(helper.make_node("Identity", [spec.name], [inner], name=f"tinymlops_input_{spec.name}"))
         else:
             head.append(
                 helper.make_node(
@@ -342,16 +336,12 @@ def _with_signature(
             new_outputs.append(value(spec, elem))
             continue
         if spec.name in taken and spec.name != cv.name:
-            raise RecipeError(
-                f"recipe '{recipe}': output name '{spec.name}' is used inside the converted graph"
-            )
+            raise RecipeError(f"recipe '{recipe}': output name '{spec.name}' is used inside the converted graph")
         inner = renames.get(cv.name) or internal(cv.name)
         renames[cv.name] = inner
         new_outputs.append(value(spec, elem))
         if perm is None:
-            tail.append(
-                helper.make_node("Identity", [inner], [spec.name], name=f"tinymlops_output_{spec.name}")
-            )
+            tail.append(helper.make_node("Identity", [inner], [spec.name], name=f"tinymlops_output_{spec.name}"))
         else:
             tail.append(
                 helper.make_node(
