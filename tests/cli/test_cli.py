@@ -101,7 +101,7 @@ def test_register_derive_show_lineage_export(ws: Path, digits_files, tmp_path: P
     assert json.loads(mcu.stdout)["compatible"] is False
 
     chosen = json.loads(run(ws, "select", "digits", "--target", "rpi-4", "--battery", "0.1", "--json").stdout)
-    assert chosen["chosen"]["ref"].startswith("digits:1")
+    assert chosen["chosen"].startswith("digits:1") and chosen["target"] == "rpi-4"
     assert set(chosen["explanations"]) >= {"digits:1/fp16"}
 
 

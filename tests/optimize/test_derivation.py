@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import mlperf
 
+from conftest import mlperf
 from tinymlops.optimize.derivation import plan_chains
 from tinymlops.optimize.pipeline import register_model
 from tinymlops.workspace import Workspace, parse_config

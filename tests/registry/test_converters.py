@@ -49,7 +49,7 @@ def test_sklearn_estimator_registers_and_is_evaluated(sqlite_workspace) -> None:
 
 
 def test_converter_misuse_is_clear() -> None:
-    with pytest.raises(UsageError, match="torch.nn.Module"):
+    with pytest.raises(UsageError, match=r"torch\.nn\.Module"):
         onnx_from_torch(object(), np.zeros((1, 3), np.float32))
     with pytest.raises(InvalidModelError, match="skl2onnx could not convert"):
         onnx_from_sklearn(object(), 3)

@@ -22,10 +22,10 @@ import numpy as np
 
 from tinymlops.edge.backends import open_backend
 from tinymlops.errors import TinyMLOpsError
-from tinymlops.spec.model_info import TensorSpec
 from tinymlops.optimize.calibration import generated_inputs
 from tinymlops.registry.records import ArtifactRecord
 from tinymlops.registry.store import Registry
+from tinymlops.spec.model_info import TensorSpec
 from tinymlops.workspace.config import EvaluationConfig
 
 GENERATED_EVAL_SAMPLES = 64
