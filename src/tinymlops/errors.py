@@ -85,6 +85,37 @@ class SpecError(InvalidInputError):
     """A contract document (profile, context, manifest, …) does not parse or validate."""
 
 
+class UnsupportedVersionError(SpecError):
+    """A document's major ``spec_version`` is newer (or older) than this build reads."""
+
+
+class PipelineError(SpecError):
+    """A pipeline spec is invalid: unknown op, bad parameters, a missing stage or model."""
+
+
+class IntegrityError(InvalidInputError):
+    """A bundle (or one named member of it) is corrupt, truncated or tampered with.
+
+    ``member`` names the part that failed (``manifest.json``, ``manifest.sig``, a payload…).
+    """
+
+    def __init__(self, message: str, *, member: str | None = None, **details: object) -> None:
+        super().__init__(message, member=member, **details)
+        self.member = member
+
+
+class SignatureError(IntegrityError):
+    """A signature does not verify, or was made by a key that is not trusted."""
+
+
+class KeyMismatchError(InvalidInputError):
+    """The key offered cannot open this bundle (wrong device, wrong fleet)."""
+
+
+class InputMismatchError(UsageError):
+    """A prediction input has the wrong shape or dtype for the model."""
+
+
 # --- well-formed requests that failed -----------------------------------------------------
 class OperationError(TinyMLOpsError):
     """A well-formed operation that could not be completed."""
@@ -104,6 +135,10 @@ class BackendError(OperationError):
     """A runtime backend could not load or run a model."""
 
 
+class StageError(OperationError):
+    """A pipeline stage failed at run time (e.g. a WebAssembly step ran out of fuel or memory)."""
+
+
 class IncompatibleError(OperationError):
     """No variant (or not this variant) can run on the requested target."""
 
@@ -117,19 +152,26 @@ __all__ = [
     "ConfigError",
     "ConversionMismatchError",
     "IncompatibleError",
+    "InputMismatchError",
+    "IntegrityError",
     "InvalidDatasetError",
     "InvalidInputError",
     "InvalidModelError",
+    "KeyMismatchError",
     "ModelNotFoundError",
     "ModelRefError",
     "NotFoundError",
     "OperationError",
+    "PipelineError",
     "RecipeError",
     "RecipeNotFoundError",
+    "SignatureError",
     "SpecError",
+    "StageError",
     "StoreError",
     "TargetNotFoundError",
     "TinyMLOpsError",
+    "UnsupportedVersionError",
     "UsageError",
     "WorkspaceError",
 ]
