@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import os
 import platform
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -64,10 +65,21 @@ def _git() -> dict[str, Any]:
             text=True,
             timeout=5,
             check=True,
-        ).stdout.strip()
-        return {"commit": commit, "dirty": bool(dirty)}
+        ).stdout
+        modified = sorted(line[3:] for line in dirty.splitlines() if line.strip())
+        return {"commit": commit, "dirty": bool(dirty.strip()), "modified": modified, "src_sha256": _src_digest()}
     except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
+        return {"commit": None, "dirty": None, "modified": None, "src_sha256": _src_digest()}
+
+
+def _src_digest() -> str:
+    """sha256 over src/tinymlops/**/*.py (path and bytes): which code was measured, even when the
+    working tree has uncommitted edits."""
+    h = hashlib.sha256()
+    src = ROOT.parent / "src" / "tinymlops"
+    for path in sorted(src.rglob("*.py")):
+        h.update(str(path.relative_to(src)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
 
 
 def machine_info() -> dict[str, Any]:
@@ -112,12 +124,16 @@ def stats_ms(seconds: list[float] | np.ndarray) -> dict[str, float]:
     }
 
 
-def time_calls(fn: Callable[[], Any], runs: int, warmup: int = 1) -> list[float]:
-    """Call ``fn`` ``warmup`` times untimed, then ``runs`` times; return each duration (s)."""
+def time_calls(fn: Callable[[], Any], runs: int, warmup: int = 1, *, pause_gc: bool = False) -> list[float]:
+    """Call ``fn`` ``warmup`` times untimed, then ``runs`` times; return each duration (s).
+
+    The garbage collector stays on by default: for calls that build many objects its pauses
+    are part of what a caller waits for."""
     for _ in range(warmup):
         fn()
     out = []
-    with gc_paused():
+    gc.collect()
+    with gc_paused() if pause_gc else nullcontext():
         for _ in range(runs):
             t0 = time.perf_counter()
             fn()

@@ -100,6 +100,21 @@ def weight_bytes(model: bytes) -> int:
     return int(sum(numpy_helper.to_array(i).nbytes for i in m.graph.initializer))
 
 
+#: the op types that tell which int8 kernels a variant runs on
+KEY_OPS = ("ConvInteger", "MatMulInteger", "QLinearConv", "QGemm", "QLinearMatMul", "QuantizeLinear")
+
+
+def key_ops(model: bytes) -> str:
+    """E.g. "ConvInteger×2 MatMulInteger×1": the quantized op types in the graph (QDQ models show
+    QuantizeLinear; ONNX Runtime fuses those into int8 kernels when it loads them)."""
+    from collections import Counter
+
+    import onnx
+
+    counts = Counter(n.op_type for n in onnx.load_from_string(model).graph.node if n.op_type in KEY_OPS)
+    return " ".join(f"{op}×{counts[op]}" for op in KEY_OPS if counts[op]) or "-"
+
+
 def interleaved_latency(
     models: dict[str, bytes], x: np.ndarray, *, rounds: int, per_round: int, warmup: int, seed: int = 0
 ) -> dict[str, dict[str, Any]]:
@@ -205,6 +220,7 @@ def _bench_model(label: str, width: int, epochs: int, cfg: dict[str, Any]) -> di
                 "in_default_config": name not in EXTRA_STEPS,
                 "target": art.target,
                 "type_pair": type_pair(art.recipe_data),
+                "int8_ops": key_ops(models[name]),
                 "accuracy": ev.get("accuracy"),
                 "accuracy_delta_points": None
                 if ev.get("accuracy") is None or fp32_acc is None
@@ -294,6 +310,7 @@ def run(quick: bool) -> dict[str, Any]:
                         "model": m["label"],
                         "variant": name,
                         "type_pair": r["type_pair"],
+                        "int8_ops": r["int8_ops"],
                         "b1_ratio_vs_fp32": r["latency_b1"]["ratio_vs_fp32_per_round_median"],
                         "b64_ratio_vs_fp32": r["latency_b64"]["ratio_vs_fp32_per_round_median"],
                         "b1_ratio_vs_u8s8_qdq": r["latency_b1"]["p50_ms"] / rows[INT8]["latency_b1"]["p50_ms"]
@@ -326,6 +343,17 @@ def run(quick: bool) -> dict[str, Any]:
         "models": models,
         "type_pairs": pairs,
         "goals": _goals(models),
+        "headline": {
+            m["label"]: {
+                r["variant"]: {
+                    "accuracy": r["accuracy"],
+                    "size_ratio": round(r["size_ratio"], 3),
+                    "b1_ratio_vs_fp32": round(r["latency_b1"]["ratio_vs_fp32_per_round_median"], 2),
+                }
+                for r in m["variants"]
+            }
+            for m in models
+        },
     }
 
 
@@ -379,7 +407,7 @@ def render(result: dict[str, Any]) -> list[Table]:
         tables.append(t)
 
     t = Table(title="Activation/weight type pairs: latency vs fp32 and vs u8/s8 QDQ", title_justify="left")
-    for col in ("model", "variant", "pair"):
+    for col in ("model", "variant", "pair", "int8 ops in the graph"):
         t.add_column(col)
     for col in ("b1 /fp32", "b64 /fp32", "b1 /u8s8", "b64 /u8s8"):
         t.add_column(col, justify="right")
@@ -388,6 +416,7 @@ def render(result: dict[str, Any]) -> list[Table]:
             p["model"],
             p["variant"],
             p["type_pair"],
+            p["int8_ops"],
             fmt_ratio(p["b1_ratio_vs_fp32"]),
             fmt_ratio(p["b64_ratio_vs_fp32"]),
             fmt_ratio(p["b1_ratio_vs_u8s8_qdq"]),

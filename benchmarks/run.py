@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import time
 import traceback
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(BENCHMARKS[name])
         console.rule(f"[bold]{name}[/]: {module.TITLE}")
         started = now_iso()
+        load_before = os.getloadavg()
         t0 = time.perf_counter()
         try:
             result = module.run(args.quick)
@@ -80,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             "started_at": started,
             "elapsed_s": elapsed,
             "quick": args.quick,
+            # other processes on the machine skew absolute times (ratios measured side by side less so)
+            "load_average_1_5_15": {"before": load_before, "after": os.getloadavg()},
             "machine": machine,
             **result,
         }
@@ -90,7 +94,11 @@ def main(argv: list[str] | None = None) -> int:
                 console.print(table)
         else:
             console.print(goals_table(doc))
-        console.print(f"[dim]{name}: {elapsed:.1f} s → {args.results / (name + '.json')}[/]")
+        load = doc["load_average_1_5_15"]
+        console.print(
+            f"[dim]{name}: {elapsed:.1f} s, load average {load['before'][0]:.2f} → {load['after'][0]:.2f} "
+            f"→ {args.results / (name + '.json')}[/]"
+        )
 
     # the summary covers every result file present (this run's and earlier ones, each dated)
     summary: dict[str, Any] = {"written_at": now_iso(), "machine": machine, "benchmarks": {}}

@@ -102,7 +102,8 @@ def test_register_derive_show_lineage_export(ws: Path, digits_files, tmp_path: P
 
     chosen = json.loads(run(ws, "select", "digits", "--target", "rpi-4", "--battery", "0.1", "--json").stdout)
     assert chosen["chosen"].startswith("digits:1") and chosen["target"] == "rpi-4"
-    assert set(chosen["explanations"]) >= {"digits:1/fp16"}
+    every = {"digits:1", "digits:1/fp16", "digits:1/int8-static", "digits:1/prune-50", "digits:1/prune-50/int8-static"}
+    assert set(chosen["explanations"]) | {chosen["chosen"]} == every
 
 
 def test_register_tflite_shows_operators(ws: Path) -> None:

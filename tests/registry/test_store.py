@@ -103,13 +103,19 @@ def test_variants_and_lineage(workspace, digits_model) -> None:
     forest = reg.lineage("digits")
     assert len(forest) == 1
     root = forest[0]
-    assert root.artifact.id == base.id
-    names = sorted(n.name for n in root.children)
+    assert root.artifact_id == base.id and root.recipe is None and root.status == "ready"
+    names = sorted(n.ref for n in root.children)
     assert names == ["digits:1/broken", "digits:1/copy"]
-    copy = next(n for n in root.children if n.artifact is not None)
-    assert [n.artifact.id for n in copy.children] == [grandchild.id]
-    failed = next(n for n in root.children if n.artifact is None)
-    assert failed.derivation.error == "it broke" and failed.derivation.details["max_abs_diff"] == 3.5
+    copy = next(n for n in root.children if n.status == "ready")
+    assert copy.recipe["recipe"] == "identity" and copy.recipe["params"] == {"x": 1}
+    assert [n.artifact_id for n in copy.children] == [grandchild.id]
+    failed = next(n for n in root.children if n.status != "ready")
+    assert failed.error == "it broke" and failed.error_details["max_abs_diff"] == 3.5
+    reg.add_evaluation(child.id, "generated:seed=0", "host", {"accuracy": 0.5})
+    reg.add_evaluation(child.id, "generated:seed=0", "host", {"accuracy": 0.75})
+    copy = next(n for n in reg.lineage("digits")[0].children if n.status == "ready")
+    assert copy.metrics == {"accuracy": 0.75}  # the newest evaluation
+    assert [c["ref"] for c in reg.lineage("digits")[0].to_dict()["children"]] == ["digits:1/copy", "digits:1/broken"]
     with pytest.raises(ModelNotFoundError, match="it broke"):
         reg.resolve("digits:1/broken")
     summary = reg.list_models()[0]

@@ -34,10 +34,7 @@ def read_file(path: Path, what: str) -> bytes:
 
 
 def _recipe_text(a: ArtifactRecord) -> str:
-    if a.recipe_data is None:
-        return "base"
-    params = ", ".join(f"{k}={v}" for k, v in sorted(a.recipe_data.get("params", {}).items()))
-    return f"{a.recipe_data['recipe']}({params})"
+    return _recipe_label(a.recipe_data)
 
 
 def evaluation_rows(ws: Workspace, artifacts: list[ArtifactRecord]) -> list[dict[str, Any]]:
@@ -201,22 +198,29 @@ def show(
     table(a.ref, ["field", "value"], rows)
 
 
-def _node_label(node: LineageNode, metrics: dict[str, Any]) -> str:
-    if node.artifact is None:
-        d = node.derivation
-        assert d is not None
-        return f"[red]✗ {node.name}[/]  {d.recipe.get('recipe')} — {d.status}: {d.error}"
-    a = node.artifact
-    parts = [f"[bold]{a.ref}[/]", _recipe_text(a), a.format, fmt_bytes(a.size_bytes)]
-    if a.target:
-        parts.append(f"target={a.target}")
-    if metrics:
-        if "accuracy" in metrics:
-            parts.append(f"acc {fmt_pct(metrics['accuracy'])}")
-        if "agreement" in metrics and a.parent_id is not None:
-            parts.append(f"agree {fmt_pct(metrics['agreement'])}")
-        if "latency_ms_p50" in metrics:
-            parts.append(f"p50 {metrics['latency_ms_p50']:.3f} ms")
+def _recipe_label(recipe: dict[str, Any] | None) -> str:
+    if not recipe:
+        return "base"
+    params = ", ".join(f"{k}={v}" for k, v in sorted(recipe.get("params", {}).items()))
+    return f"{recipe.get('recipe')}({params})"
+
+
+def _node_label(node: LineageNode) -> str:
+    recipe = node.recipe
+    if node.status != "ready":
+        return f"[red]✗ {node.ref}[/]  {(recipe or {}).get('recipe')} — {node.status}: {node.error}"
+    parts = [f"[bold]{node.ref}[/]", _recipe_label(recipe), node.format or "", fmt_bytes(node.size_bytes)]
+    if node.target:
+        parts.append(f"target={node.target}")
+    metrics = node.metrics
+    if "accuracy" in metrics:
+        parts.append(f"acc {fmt_pct(metrics['accuracy'])}")
+    if "agreement" in metrics and node.parent_id is not None:
+        parts.append(f"agree {fmt_pct(metrics['agreement'])}")
+    if "latency_ms_p50" in metrics:
+        parts.append(f"p50 {metrics['latency_ms_p50']:.3f} ms")
+    if "error" in metrics:
+        parts.append(f"[red]does not run here: {metrics['error']}[/]")
     return "  ".join(parts)
 
 
@@ -224,8 +228,7 @@ def print_lineage(forest: list[LineageNode], name: str) -> None:
     root = Tree(f"[bold]{name}[/]")
 
     def add(tree: Tree, node: LineageNode) -> None:
-        metrics = node.evaluations[-1].metrics if node.evaluations else {}
-        branch = tree.add(_node_label(node, metrics), highlight=False)
+        branch = tree.add(_node_label(node), highlight=False)
         for child in node.children:
             add(branch, child)
 

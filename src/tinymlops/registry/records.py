@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
@@ -22,16 +23,28 @@ class ArtifactRecord:
     format: str
     sha256: str
     size_bytes: int
-    info_data: dict[str, Any]
-    recipe_data: dict[str, Any] | None
+    info_json: str
+    recipe_json: str | None
     target: str | None
     source: str
     tags: tuple[str, ...]
     created_at: datetime
 
     @cached_property
+    def info_data(self) -> dict[str, Any]:
+        """The model info as stored (decoded on first use: listing 10,000 variants never pays
+        for parsing their operator tables)."""
+        data: dict[str, Any] = json.loads(self.info_json)
+        return data
+
+    @cached_property
     def info(self) -> ModelInfo:
         return ModelInfo.from_dict(self.info_data)
+
+    @cached_property
+    def recipe_data(self) -> dict[str, Any] | None:
+        """The recipe document as stored; None for a base version."""
+        return None if self.recipe_json is None else json.loads(self.recipe_json)
 
     @cached_property
     def recipe(self) -> RecipeSpec | None:
@@ -162,28 +175,49 @@ class ModelSummary:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class LineageNode:
-    """One node of a lineage tree: an artifact with its evaluations and children, or a failed
-    derivation (``artifact`` None, ``derivation`` set)."""
+    """One node of a lineage tree: a base version or variant (``status`` "ready") with its recipe
+    and its newest evaluation, or a derivation that produced nothing (``status``
+    "failed"/"skipped", ``error`` says why). Full records: ``Registry.resolve(ref)``.
 
-    artifact: ArtifactRecord | None
-    derivation: DerivationRecord | None
-    evaluations: tuple[EvaluationRecord, ...]
-    children: tuple[LineageNode, ...]
+    JSON columns arrive as text and are decoded on first use, so building the tree of a model
+    with 10,000 variants decodes nothing."""
+
+    ref: str
+    status: str
+    artifact_id: int | None
+    parent_id: int | None
+    format: str | None
+    size_bytes: int | None
+    target: str | None
+    recipe_json: str | None
+    metrics_json: str | None
+    error: str = ""
+    error_details: dict[str, Any] | None = None
+    children: list[LineageNode] = field(default_factory=list)
 
     @property
-    def name(self) -> str:
-        if self.artifact is not None:
-            return self.artifact.ref
-        assert self.derivation is not None
-        return format_ref(self.derivation.model, self.derivation.version, self.derivation.variant)
+    def recipe(self) -> dict[str, Any] | None:
+        """The recipe document (name, recipe, params, tools, target), None for a base version."""
+        return json.loads(self.recipe_json) if self.recipe_json else None
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """The newest evaluation's metrics ({} when never evaluated)."""
+        return json.loads(self.metrics_json) if self.metrics_json else {}
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "ref": self.name,
-            "artifact": self.artifact.to_dict() if self.artifact else None,
-            "derivation": self.derivation.to_dict() if self.derivation else None,
-            "evaluations": [e.to_dict() for e in self.evaluations],
+            "ref": self.ref,
+            "status": self.status,
+            "artifact_id": self.artifact_id,
+            "format": self.format,
+            "size_bytes": self.size_bytes,
+            "target": self.target,
+            "recipe": self.recipe,
+            "metrics": self.metrics,
+            "error": self.error or None,
+            "error_details": self.error_details or None,
             "children": [c.to_dict() for c in self.children],
         }

@@ -8,13 +8,14 @@ row pointing at a missing blob, never half a variant.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, Text, cast, func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from tinymlops.errors import ModelNotFoundError, NotFoundError, StoreError, UsageError
 from tinymlops.registry.blobs import BlobStore
@@ -43,12 +44,26 @@ _ARTIFACT_COLUMNS = (
     ArtifactRow.format,
     ArtifactRow.sha256,
     ArtifactRow.size_bytes,
-    ArtifactRow.info,
-    ArtifactRow.recipe,
+    cast(ArtifactRow.info, Text),
+    cast(ArtifactRow.recipe, Text),
     ArtifactRow.target,
     ArtifactRow.source,
     ArtifactRow.tags,
     ArtifactRow.created_at,
+)
+
+
+_DERIVATION_COLUMNS = (
+    DerivationRow.id,
+    DerivationRow.version,
+    DerivationRow.variant,
+    DerivationRow.parent_id,
+    DerivationRow.recipe,
+    DerivationRow.status,
+    DerivationRow.error,
+    DerivationRow.details,
+    DerivationRow.artifact_id,
+    DerivationRow.duration_s,
 )
 
 
@@ -62,8 +77,8 @@ def _artifact(row: Sequence[Any]) -> ArtifactRecord:
         format=row[5],
         sha256=row[6],
         size_bytes=row[7],
-        info_data=row[8],
-        recipe_data=row[9],
+        info_json=row[8],
+        recipe_json=row[9],
         target=row[10],
         source=row[11],
         tags=tuple(row[12] or ()),
@@ -372,16 +387,19 @@ class Registry:
             q = select(*_ARTIFACT_COLUMNS).join(ModelRow).where(ArtifactRow.model_id == model_id)
             if version is not None:
                 q = q.where(ArtifactRow.version == version)
-            rows = conn.execute(q.order_by(ArtifactRow.version, ArtifactRow.variant)).all()
+            rows = conn.execute(q).all()
         return [_artifact(r) for r in rows]
 
     def derivations(self, name: str, version: int | None = None) -> list[DerivationRecord]:
-        with self._session() as session:
-            model_id = self._model_id(session, name)
-            q = select(DerivationRow).where(DerivationRow.model_id == model_id)
+        with self.engine.connect() as conn:
+            model_id = conn.scalar(select(ModelRow.id).where(ModelRow.name == name))
+            if model_id is None:
+                raise ModelNotFoundError(f"no model named '{name}' in this workspace", model=name)
+            q = select(*_DERIVATION_COLUMNS).where(DerivationRow.model_id == model_id)
             if version is not None:
                 q = q.where(DerivationRow.version == version)
-            return [_derivation(r, name) for r in session.scalars(q.order_by(DerivationRow.id))]
+            rows = conn.execute(q.order_by(DerivationRow.id)).all()
+        return [DerivationRecord(r[0], name, *r[1:]) for r in rows]
 
     def evaluations(self, artifact_ids: Iterable[int]) -> dict[int, list[EvaluationRecord]]:
         ids = list(artifact_ids)
@@ -419,27 +437,74 @@ class Registry:
 
     def lineage(self, name: str, version: int | None = None) -> list[LineageNode]:
         """The lineage forest of a model: one tree per base version, variants below their
-        parents, failed derivations as leaves without an artifact."""
-        artifacts = self.artifacts(name, version)
-        derivations = self.derivations(name, version)
-        evaluations = self.evaluations(a.id for a in artifacts)
-        children: dict[int | None, list[ArtifactRecord]] = defaultdict(list)
-        for a in artifacts:
-            children[a.parent_id].append(a)
-        # only the newest failure per (parent, variant) that never succeeded later
-        succeeded = {(d.parent_id, d.variant) for d in derivations if d.status == "succeeded"}
-        failed: dict[int | None, dict[str, DerivationRecord]] = defaultdict(dict)
-        for d in derivations:
-            if d.status != "succeeded" and (d.parent_id, d.variant) not in succeeded:
-                failed[d.parent_id][d.variant] = d
-        derivation_of = {d.artifact_id: d for d in derivations if d.artifact_id is not None}
+        parents, derivations that produced nothing as leaves with their error.
 
-        def build(a: ArtifactRecord) -> LineageNode:
-            kids = [build(c) for c in children.get(a.id, [])]
-            kids += [LineageNode(None, d, (), ()) for _, d in sorted(failed.get(a.id, {}).items())]
-            return LineageNode(a, derivation_of.get(a.id), tuple(evaluations.get(a.id, ())), tuple(kids))
+        Two queries (artifacts joined to their newest evaluation, and the unsuccessful
+        derivations); JSON stays undecoded text until a node's numbers are read, so a model
+        with 10,000 variants stays interactive."""
+        with self.engine.connect() as conn:
+            model_id = conn.scalar(select(ModelRow.id).where(ModelRow.name == name))
+            if model_id is None:
+                raise ModelNotFoundError(f"no model named '{name}' in this workspace", model=name)
+            ev = aliased(EvaluationRow)
+            newest = (
+                select(func.max(ev.id)).where(ev.artifact_id == ArtifactRow.id).correlate(ArtifactRow).scalar_subquery()
+            )
+            q = (
+                select(
+                    ArtifactRow.id,
+                    ArtifactRow.version,
+                    ArtifactRow.variant,
+                    ArtifactRow.parent_id,
+                    ArtifactRow.format,
+                    ArtifactRow.size_bytes,
+                    ArtifactRow.target,
+                    cast(ArtifactRow.recipe, Text),
+                    cast(EvaluationRow.metrics, Text),
+                )
+                .outerjoin(EvaluationRow, EvaluationRow.id == newest)
+                .where(ArtifactRow.model_id == model_id)
+            )
+            dq = select(
+                DerivationRow.version,
+                DerivationRow.variant,
+                DerivationRow.parent_id,
+                DerivationRow.recipe,
+                DerivationRow.status,
+                DerivationRow.error,
+                DerivationRow.details,
+            ).where(DerivationRow.model_id == model_id, DerivationRow.status != "succeeded")
+            if version is not None:
+                q = q.where(ArtifactRow.version == version)
+                dq = dq.where(DerivationRow.version == version)
+            rows = conn.execute(q).all()
+            failures = conn.execute(dq.order_by(DerivationRow.id)).all()
 
-        return [build(a) for a in children.get(None, [])]
+        nodes: dict[int, LineageNode] = {}
+        roots: list[LineageNode] = []
+        present: set[tuple[int, str]] = set()
+        for aid, ver, variant, parent, fmt, size, target, recipe, metrics in rows:
+            ref = f"{name}:{ver}/{variant}" if variant else f"{name}:{ver}"
+            nodes[aid] = LineageNode(ref, "ready", aid, parent, fmt, size, target, recipe, metrics)
+            present.add((ver, variant))
+        # ids grow with insertion: parents come before children, siblings in derivation order
+        for node in nodes.values():
+            if node.parent_id is None:
+                roots.append(node)
+            elif node.parent_id in nodes:
+                nodes[node.parent_id].children.append(node)
+        # the newest unsuccessful attempt per variant that never succeeded, under its parent
+        latest_failure: dict[tuple[int, str], Any] = {}
+        for f in failures:
+            if (f[0], f[1]) not in present:
+                latest_failure[(f[0], f[1])] = f
+        for (ver, variant), f in sorted(latest_failure.items()):
+            node = LineageNode(
+                f"{name}:{ver}/{variant}", f[4], None, f[2], None, None, None, json.dumps(f[3]), None, f[5], f[6] or {}
+            )
+            if f[2] in nodes:
+                nodes[f[2]].children.append(node)
+        return roots
 
     # --- datasets --------------------------------------------------------------------------
     def add_dataset(self, model: str, name: str, data: bytes, *, role: str = "eval") -> DatasetRecord:

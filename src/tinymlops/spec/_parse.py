@@ -95,5 +95,7 @@ def check_version(doc: str, data: Mapping[str, Any], supported_major: int) -> st
     if not major.isdigit() or (minor and not minor.isdigit()):
         raise SpecError(f"{doc}: spec_version must look like '1.0', got {version!r}")
     if int(major) != supported_major:
-        raise UnsupportedVersionError(f"{doc}: unsupported spec_version {version} (this build reads {supported_major}.x)")
+        raise UnsupportedVersionError(
+            f"{doc}: unsupported spec_version {version} (this build reads {supported_major}.x)"
+        )
     return version

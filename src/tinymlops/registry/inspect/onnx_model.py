@@ -31,9 +31,7 @@ DEFAULT_DOMAINS = ("", "ai.onnx")
 ML_DOMAIN = "ai.onnx.ml"
 
 _SUB_BYTE_BITS = {
-    getattr(TensorProto, name): 4
-    for name in ("INT4", "UINT4", "FLOAT4E2M1")
-    if hasattr(TensorProto, name)
+    getattr(TensorProto, name): 4 for name in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(TensorProto, name)
 }
 
 MACS_NOTE = (
@@ -79,8 +77,7 @@ def inspect_onnx(data: bytes) -> ModelInfo:
     estimates = {"macs": MACS_NOTE, "peak_activation_bytes": PEAK_NOTE}
     if unknown:
         estimates["peak_activation_bytes"] += (
-            f"; {len(unknown)} tensor(s) of unknown shape counted as 0 bytes"
-            f" (e.g. {', '.join(sorted(unknown)[:3])})"
+            f"; {len(unknown)} tensor(s) of unknown shape counted as 0 bytes (e.g. {', '.join(sorted(unknown)[:3])})"
         )
     if inference_note:
         estimates["shape_inference"] = inference_note
@@ -114,9 +111,7 @@ def _load_checked(data: bytes) -> ModelProto:
             f"(corrupt or truncated?): {_first_line(exc)}"
         ) from exc
     if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
-        raise InvalidModelError(
-            "not an ONNX model: the file parses but holds no graph (corrupt or truncated?)"
-        )
+        raise InvalidModelError("not an ONNX model: the file parses but holds no graph (corrupt or truncated?)")
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
@@ -317,8 +312,7 @@ def _shape(name: str, scope: Mapping[str, TypeProto]) -> tuple[int, ...] | None:
     if t is None or not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
         return None
     return tuple(
-        int(d.dim_value) if d.HasField("dim_value") and d.dim_value >= 0 else 1
-        for d in t.tensor_type.shape.dim
+        int(d.dim_value) if d.HasField("dim_value") and d.dim_value >= 0 else 1 for d in t.tensor_type.shape.dim
     )
 
 
@@ -416,9 +410,7 @@ def _conv_out(
     return (x[0], w[0], *spatial)
 
 
-def _matmul_out(
-    a: tuple[int, ...], b: tuple[int, ...] | None, trans_a: bool, trans_b: bool
-) -> tuple[int, ...] | None:
+def _matmul_out(a: tuple[int, ...], b: tuple[int, ...] | None, trans_a: bool, trans_b: bool) -> tuple[int, ...] | None:
     if not b:
         return None
     m = (a[-1] if trans_a else a[-2]) if len(a) >= 2 else 1

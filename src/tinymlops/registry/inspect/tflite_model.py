@@ -44,9 +44,7 @@ def inspect_tflite(data: bytes) -> ModelInfo:
     try:
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise BackendError(
-            "inspecting TFLite models needs ai-edge-litert (pip install 'tinymlops[edge]')"
-        ) from exc
+        raise BackendError("inspecting TFLite models needs ai-edge-litert (pip install 'tinymlops[edge]')") from exc
     try:
         interpreter = Interpreter(
             model_content=bytes(data),
@@ -107,9 +105,7 @@ def _dtype_name(detail: Mapping[str, Any]) -> str:
     return np.dtype(detail["dtype"]).name
 
 
-def _op_macs(
-    op: str, ins: Sequence[tuple[int, ...] | None], outs: Sequence[tuple[int, ...] | None]
-) -> int:
+def _op_macs(op: str, ins: Sequence[tuple[int, ...] | None], outs: Sequence[tuple[int, ...] | None]) -> int:
     out = outs[0] if outs else None
     if op in ("CONV_2D", "CONV_3D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
         if out is None or len(ins) < 2 or ins[1] is None:
