@@ -1,18 +1,24 @@
 """Evaluating variants against their base on the model's eval set, on this host.
 
 Per artifact: accuracy (when the eval set has labels and the output is a class score vector),
-top-1 agreement with the base, RMS difference of outputs from the base's, size, batch-1
-latency (warm-up, then p50/p95 over repeated runs) and peak memory (the rise of this process's
-peak RSS while the model is loaded and run, read from Linux's VmHWM after resetting it).
+top-1 agreement with the base, RMS difference of outputs from the base's, size (raw and
+compressed), batch-1 latency and peak memory (the rise of this process's peak RSS while the
+model is loaded and run, read from Linux's VmHWM after resetting it).
+
+Latency is measured for the base and all its variants *side by side*: timing them one after
+another let machine noise show up as fake speed-ups (identical models measured 1.5x apart), and
+selection ranks variants on these numbers.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
+import random
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -20,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from tinymlops.edge.backends import open_backend
+from tinymlops.edge.backends import Backend, open_backend
 from tinymlops.errors import TinyMLOpsError
 from tinymlops.optimize.calibration import generated_inputs
 from tinymlops.registry.records import ArtifactRecord
@@ -94,33 +100,67 @@ def _predict_all(backend: Any, x: np.ndarray) -> np.ndarray:
     return np.concatenate(outs, axis=0)
 
 
-def measure(model: bytes, fmt: str, data: EvalData, config: EvaluationConfig) -> tuple[np.ndarray, dict[str, Any]]:
-    """Load and run one model; return its outputs on the eval inputs and its host metrics."""
+#: timed runs per block in the interleaved latency measurement
+LATENCY_BLOCK = 10
+LATENCY_METHOD = (
+    "batch 1 on this host, 1 intra-op thread; all artifacts of the version loaded together and timed "
+    "in interleaved blocks of 10 runs (shuffled order per round, GC paused), so ratios between "
+    "variants are measured side by side; p50/p95 over all timed runs"
+)
+
+
+def load_and_predict(model: bytes, fmt: str, data: EvalData) -> tuple[Backend, np.ndarray, dict[str, Any]]:
+    """Load one model, run it over the eval inputs; report its memory (peak RSS rise)."""
     rss_before = _vm_kib("VmRSS")
     can_peak = _reset_peak_rss()
     backend = open_backend(model, fmt)
-    sample = data.x[:1]
-    for _ in range(config.warmup):
-        backend.run(sample)
-    times = []
-    for _ in range(config.runs):
-        t0 = time.perf_counter()
-        backend.run(sample)
-        times.append((time.perf_counter() - t0) * 1e3)
     outputs = _predict_all(backend, data.x)
     peak = _vm_kib("VmHWM") if can_peak else _vm_kib("VmRSS")
-    metrics: dict[str, Any] = {
-        "latency_ms_p50": float(np.percentile(times, 50)),
-        "latency_ms_p95": float(np.percentile(times, 95)),
-        "latency_ms_mean": float(np.mean(times)),
-        "latency_runs": config.runs,
-        "backend": backend.name,
-    }
+    metrics: dict[str, Any] = {"backend": backend.name}
     if rss_before is not None and peak is not None:
         metrics["peak_memory_bytes"] = max(0, peak - rss_before) * 1024
         metrics["peak_memory_method"] = "peak RSS rise while loading and running (VmHWM)" if can_peak else "RSS rise"
-    del backend
-    return outputs, metrics
+    return backend, outputs, metrics
+
+
+def interleaved_latency(
+    backends: Mapping[int, Backend], sample: np.ndarray, config: EvaluationConfig, seed: int = 0
+) -> dict[int, dict[str, Any]]:
+    """Batch-1 latency of several loaded models, measured side by side (see LATENCY_METHOD)."""
+    for backend in backends.values():
+        for _ in range(config.warmup):
+            backend.run(sample)
+    samples: dict[int, list[float]] = {k: [] for k in backends}
+    rounds = max(1, -(-config.runs // LATENCY_BLOCK))
+    order = list(backends)
+    rng = random.Random(seed)
+    clock = time.perf_counter
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(rounds):
+            rng.shuffle(order)
+            for key in order:
+                run = backends[key].run
+                run(sample)  # one untimed run after switching models
+                bucket = samples[key]
+                for _ in range(LATENCY_BLOCK):
+                    t0 = clock()
+                    run(sample)
+                    bucket.append((clock() - t0) * 1e3)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return {
+        key: {
+            "latency_ms_p50": float(np.percentile(ts, 50)),
+            "latency_ms_p95": float(np.percentile(ts, 95)),
+            "latency_ms_mean": float(np.mean(ts)),
+            "latency_runs": len(ts),
+            "latency_method": LATENCY_METHOD,
+        }
+        for key, ts in samples.items()
+    }
 
 
 def _is_classifier(out: np.ndarray) -> bool:
@@ -139,23 +179,30 @@ def evaluate(
     """Evaluate ``base`` and each of ``artifacts`` (variants of it) and store the results."""
     data = eval_data(registry, base, config, seed)
     host = host_description()
+    todo = [base, *[a for a in artifacts if a.id != base.id]]
     results: dict[int, dict[str, Any]] = {}
-    base_out: np.ndarray | None = None
-    for artifact in [base, *[a for a in artifacts if a.id != base.id]]:
+    outputs: dict[int, np.ndarray] = {}
+    backends: dict[int, Backend] = {}
+    for artifact in todo:
         model = registry.read_bytes(artifact)
         try:
-            out, metrics = measure(model, artifact.format, data, config)
+            backends[artifact.id], outputs[artifact.id], metrics = load_and_predict(model, artifact.format, data)
         except TinyMLOpsError as exc:
             metrics = {"error": exc.message}
-            out = None
         metrics["size_bytes"] = artifact.size_bytes
         metrics["size_ratio"] = artifact.size_bytes / base.size_bytes
-        # what a download costs: pruning zeros weights without shrinking the dense file,
-        # but the zeros compress
+        # what a download costs: pruning zeros weights without shrinking the dense file, but the zeros compress
         metrics["compressed_bytes"] = len(zlib.compress(model, 6))
         metrics["samples"] = int(data.x.shape[0])
-        if artifact.id == base.id:
-            base_out = out
+        results[artifact.id] = metrics
+    for key, latency in interleaved_latency(backends, data.x[:1], config, seed).items():
+        results[key].update(latency)
+    backends.clear()
+
+    base_out = outputs.get(base.id)
+    for artifact in todo:
+        metrics = results[artifact.id]
+        out = outputs.get(artifact.id)
         if out is not None:
             if _is_classifier(out):
                 pred = out.argmax(axis=1)
@@ -166,7 +213,6 @@ def evaluate(
             if base_out is not None and base_out.shape == out.shape:
                 metrics["rmse_vs_base"] = float(np.sqrt(np.mean((out - base_out) ** 2)))
         registry.add_evaluation(artifact.id, data.label, host, metrics)
-        results[artifact.id] = metrics
         if on_done:
             on_done(artifact, metrics)
     return results
