@@ -195,7 +195,7 @@ class LineageNode:
     metrics_json: str | None
     error: str = ""
     error_details: dict[str, Any] | None = None
-    children: list[LineageNode] = field(default_factory=list)
+    children: tuple[LineageNode, ...] = ()
 
     @property
     def recipe(self) -> dict[str, Any] | None:

@@ -481,29 +481,28 @@ class Registry:
             failures = conn.execute(dq.order_by(DerivationRow.id)).all()
 
         nodes: dict[int, LineageNode] = {}
-        roots: list[LineageNode] = []
-        present: set[tuple[int, str]] = set()
+        kids: dict[int | None, list[LineageNode]] = defaultdict(list)
         for aid, ver, variant, parent, fmt, size, target, recipe, metrics in rows:
             ref = f"{name}:{ver}/{variant}" if variant else f"{name}:{ver}"
-            nodes[aid] = LineageNode(ref, "ready", aid, parent, fmt, size, target, recipe, metrics)
-            present.add((ver, variant))
-        # ids grow with insertion: parents come before children, siblings in derivation order
-        for node in nodes.values():
-            if node.parent_id is None:
-                roots.append(node)
-            elif node.parent_id in nodes:
-                nodes[node.parent_id].children.append(node)
+            node = nodes[aid] = LineageNode(ref, "ready", aid, parent, fmt, size, target, recipe, metrics)
+            kids[parent].append(node)  # ids grow with insertion: siblings stay in derivation order
         # the newest unsuccessful attempt per variant that never succeeded, under its parent
-        latest_failure: dict[tuple[int, str], Any] = {}
-        for f in failures:
-            if (f[0], f[1]) not in present:
-                latest_failure[(f[0], f[1])] = f
-        for (ver, variant), f in sorted(latest_failure.items()):
-            node = LineageNode(
-                f"{name}:{ver}/{variant}", f[4], None, f[2], None, None, None, json.dumps(f[3]), None, f[5], f[6] or {}
-            )
-            if f[2] in nodes:
-                nodes[f[2]].children.append(node)
+        if failures:
+            present = {n.ref for n in nodes.values()}
+            latest: dict[str, Any] = {}
+            for f in failures:
+                ref = f"{name}:{f[0]}/{f[1]}"
+                if ref not in present:
+                    latest[ref] = f
+            for ref, f in sorted(latest.items()):
+                if f[2] in nodes:
+                    kids[f[2]].append(
+                        LineageNode(ref, f[4], None, f[2], None, None, None, json.dumps(f[3]), None, f[5], f[6] or {})
+                    )
+        for parent_id, children in kids.items():
+            if parent_id is not None and parent_id in nodes:
+                nodes[parent_id].children = tuple(children)
+        roots = kids.get(None, [])
         return roots
 
     # --- datasets --------------------------------------------------------------------------
