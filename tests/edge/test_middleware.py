@@ -43,13 +43,15 @@ def test_chain_runs_in_order_and_can_rewrite_and_short_circuit() -> None:
 
 
 def test_policies_build_in_canonical_order_and_unknown_is_refused() -> None:
-    chain = build_chain({"latency": {"capacity": 8}})
+    chain = build_chain({"telemetry": {"enabled": True, "latency_window": 8}, "guard": {"enabled": False}})
     assert len(chain) == 1 and isinstance(chain[0], LatencyRecorder)
-    assert build_chain({"latency": {"enabled": False}}) == []
+    assert build_chain({"telemetry": {"enabled": False}}) == []
     with pytest.raises(SpecError, match="does not implement"):
-        build_chain({"metering": {"license": "x"}})
-    with pytest.raises(SpecError, match="capacity"):
-        build_chain({"latency": {"capacity": "big"}})
+        build_chain({"metering": {"enabled": True, "license": "x"}})
+    with pytest.raises(SpecError, match="does not implement"):
+        build_chain({"telemetry": {"enabled": True, "sketches": True}})
+    with pytest.raises(SpecError, match="latency_window"):
+        build_chain({"telemetry": {"enabled": True, "latency_window": "big"}})
 
 
 def test_latency_recorder_counts_and_bounds_memory() -> None:

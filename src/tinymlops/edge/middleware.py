@@ -1,7 +1,8 @@
 """Runtime middleware: an ordered chain of ``mw(request, call_next) -> response`` functions, as in
 Flower's mods or ASGI. Each can time, refuse, short-circuit or rewrite a prediction.
 
-The bundle's manifest says which run (its ``policies`` table). Each policy name maps to a
+The bundle's manifest says which run (its ``policies`` table; a policy runs when its table has
+``enabled = true``). Each policy name maps to a
 factory registered here with a fixed *position*, so the chain order is the one DESIGN.md gives
 (meter → guard → model → telemetry → prover) whatever order the manifest lists them in. A
 manifest naming a policy this runtime does not know is refused: silently skipping, say, a
@@ -19,8 +20,8 @@ import numpy as np
 
 from tinymlops.errors import SpecError
 
-#: positions of the policies later issues add; the latency recorder sits with telemetry
-POSITIONS = {"metering": 10, "guard": 20, "latency": 30, "telemetry": 40, "proof": 50}
+#: chain positions of the manifest's policies (the ones later issues add included)
+POSITIONS = {"metering": 10, "guard": 20, "telemetry": 40, "proof": 50}
 
 
 @dataclass
@@ -56,7 +57,7 @@ def build_chain(policies: Mapping[str, Any], extra: list[Middleware] | None = No
     """The middleware the manifest's policies enable, in canonical order (then ``extra``)."""
     enabled = []
     for name, table in policies.items():
-        if table in (None, False) or (isinstance(table, Mapping) and table.get("enabled") is False):
+        if not isinstance(table, Mapping) or table.get("enabled") is not True:
             continue
         if name not in _FACTORIES:
             raise SpecError(
@@ -64,7 +65,7 @@ def build_chain(policies: Mapping[str, Any], extra: list[Middleware] | None = No
                 f"(known: {', '.join(sorted(_FACTORIES)) or 'none'}); update the runtime",
                 policy=name,
             )
-        enabled.append((POSITIONS[name], name, table if isinstance(table, Mapping) else {}))
+        enabled.append((POSITIONS[name], name, table))
     chain = [_FACTORIES[name](table) for _, name, table in sorted(enabled)]
     return chain + list(extra or [])
 
@@ -90,7 +91,7 @@ class LatencyRecorder:
 
     def __init__(self, capacity: int = 4096) -> None:
         if capacity < 1:
-            raise SpecError("latency policy: capacity must be >= 1")
+            raise SpecError("telemetry policy: latency_window must be >= 1")
         self._buf = np.zeros(capacity, dtype=np.float64)
         self.count = 0
         self.errors = 0
@@ -117,11 +118,15 @@ class LatencyRecorder:
         return out
 
 
-def _latency_factory(table: Mapping[str, Any]) -> Middleware:
-    capacity = table.get("capacity", 4096)
+def _telemetry_factory(table: Mapping[str, Any]) -> Middleware:
+    """The telemetry policy; today it records latency (``latency_window`` calls kept)."""
+    unknown = set(table) - {"enabled", "latency_window"}
+    if unknown:
+        raise SpecError(f"telemetry policy: this runtime does not implement {', '.join(sorted(unknown))}")
+    capacity = table.get("latency_window", 4096)
     if isinstance(capacity, bool) or not isinstance(capacity, int):
-        raise SpecError(f"latency policy: capacity must be an integer, got {capacity!r}")
+        raise SpecError(f"telemetry policy: latency_window must be an integer, got {capacity!r}")
     return LatencyRecorder(capacity)
 
 
-register_middleware("latency", _latency_factory)
+register_middleware("telemetry", _telemetry_factory)
