@@ -27,6 +27,7 @@ BENCHMARKS = {
     "quantization": "bench_quantization",
     "registry_scale": "bench_registry_scale",
     "derivation": "bench_derivation",
+    "runtime": "bench_runtime",
 }
 
 
