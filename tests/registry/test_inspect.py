@@ -316,7 +316,13 @@ def _truncated_onnx() -> bytes:
         (lambda: b"\x00\x00\x00\x00TFL3" + b"\x00" * 32, "TFLite"),
     ],
     ids=[
-        "empty", "text", "garbage", "corrupt-onnx", "truncated-onnx", "protobuf-not-model", "corrupt-tflite",
+        "empty",
+        "text",
+        "garbage",
+        "corrupt-onnx",
+        "truncated-onnx",
+        "protobuf-not-model",
+        "corrupt-tflite",
     ],
 )
 def test_broken_files_raise_invalid_model_error(make: object, message: str) -> None:
@@ -375,4 +381,3 @@ def test_mutated_real_models_only_raise_invalid_model_error(data: st.DataObject)
     if data.draw(st.booleans()):
         mutated = mutated[: data.draw(st.integers(0, len(mutated)))]
     _check_only_invalid_model_error(bytes(mutated))
-

@@ -114,9 +114,7 @@ def test_tflite_operators(catalog: TargetCatalog) -> None:
     mcu = catalog.get("mcu-cortex-m7")
     ops = {"CONV_2D": 1, "FULLY_CONNECTED": 1, "FLEX_ERF": 1, "NON_MAX_SUPPRESSION_V5": 1}
     report = check_compatibility(
-        info(
-            "tflite", ops, weight_dtypes=("int8", "int32"), compute_dtypes=("int8",), peak=1000, weights=1000
-        ),
+        info("tflite", ops, weight_dtypes=("int8", "int32"), compute_dtypes=("int8",), peak=1000, weights=1000),
         2000,
         mcu,
     )
@@ -137,9 +135,7 @@ def test_opset_range_onnx_only() -> None:
 def test_dtypes_are_mapped_and_each_unsupported_one_reported() -> None:
     p = profile(dtypes=("int8",))
     report = check_compatibility(
-        info(
-            weight_dtypes=("float16", "int8", "int32"), compute_dtypes=("float32", "uint8", "int64", "bool")
-        ),
+        info(weight_dtypes=("float16", "int8", "int32"), compute_dtypes=("float32", "uint8", "int64", "bool")),
         1,
         p,
     )

@@ -57,9 +57,7 @@ def _chain_model(ops: list[str]) -> onnx.ModelProto:
     for i, key in enumerate(ops):
         domain, op_type = split_op(key)
         attrs = {"perm": [0, 1]} if op_type == "Transpose" else {}  # the checker reads Transpose's perm
-        nodes.append(
-            helper.make_node(op_type, [f"t{i}"], [f"t{i + 1}"], name=f"n{i}", domain=domain, **attrs)
-        )
+        nodes.append(helper.make_node(op_type, [f"t{i}"], [f"t{i + 1}"], name=f"n{i}", domain=domain, **attrs))
     graph = helper.make_graph(
         nodes,
         "chain",

@@ -127,9 +127,7 @@ def test_faster_equal_quality_wins_and_every_loser_is_explained() -> None:
     assert sel.chosen.ref == "int8"
     assert set(sel.explanations) == {"fp32", "mcu-only"}
     assert "slower by" in sel.explanations["fp32"] and "larger by" in sel.explanations["fp32"]
-    assert (
-        sel.explanations["mcu-only"].startswith("incompatible:") and "litert" in sel.explanations["mcu-only"]
-    )
+    assert sel.explanations["mcu-only"].startswith("incompatible:") and "litert" in sel.explanations["mcu-only"]
     assert sel.scores["int8"] < sel.scores["fp32"] and "mcu-only" not in sel.scores
     assert sel.ranking == ["int8", "fp32"]
     json.dumps(sel.to_dict())
@@ -151,9 +149,7 @@ def test_battery_shifts_choice_to_lower_energy() -> None:
     full = select_variant([accurate, frugal], p, DeviceContext(battery=1.0))
     empty = select_variant([accurate, frugal], p, DeviceContext(battery=0.05))
     charging = select_variant([accurate, frugal], p, DeviceContext(battery=0.05, charging=True))
-    assert (
-        full.chosen.ref == "accurate" and empty.chosen.ref == "frugal" and charging.chosen.ref == "accurate"
-    )
+    assert full.chosen.ref == "accurate" and empty.chosen.ref == "frugal" and charging.chosen.ref == "accurate"
     assert "slower by" in empty.explanations["accurate"] and "more accurate" in empty.explanations["accurate"]
     assert any("battery" in n for n in empty.notes) and any("charging" in n for n in charging.notes)
     # a mains-powered device ignores the battery level entirely
@@ -162,14 +158,10 @@ def test_battery_shifts_choice_to_lower_energy() -> None:
 
 
 def test_unmeasured_latency_ranks_last_and_says_so() -> None:
-    sel = select_variant(
-        [cand("measured", lat=50.0), cand("unmeasured", lat=None)], make_profile(), DeviceContext()
-    )
+    sel = select_variant([cand("measured", lat=50.0), cand("unmeasured", lat=None)], make_profile(), DeviceContext())
     assert sel.chosen.ref == "measured"
     assert "no measured latency" in sel.explanations["unmeasured"]
-    assert (
-        sel.metrics["unmeasured"]["est_latency_ms"] is None and sel.metrics["unmeasured"]["energy_j"] is None
-    )
+    assert sel.metrics["unmeasured"]["est_latency_ms"] is None and sel.metrics["unmeasured"]["energy_j"] is None
     assert any("no measured latency" in n for n in sel.notes)
 
 
@@ -364,9 +356,7 @@ def test_lower_battery_never_picks_higher_energy(
     )
     w_high = selection_weights(
         p,
-        DeviceContext(
-            battery=high, prefer=ctx.prefer, network=ctx.network, bandwidth_kbps=ctx.bandwidth_kbps
-        ),
+        DeviceContext(battery=high, prefer=ctx.prefer, network=ctx.network, bandwidth_kbps=ctx.bandwidth_kbps),
     )
     assert w_low["energy"] >= w_high["energy"]
     assert all(w_low[k] == w_high[k] for k in ("quality", "latency", "download"))

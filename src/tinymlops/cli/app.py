@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from tinymlops.cli import dataset, demo, init, model, recipe, select, target
+from tinymlops.cli import bundle, dataset, demo, init, keys, model, recipe, select, target
 from tinymlops.cli.output import err_console
 from tinymlops.errors import TinyMLOpsError
 
@@ -25,6 +25,8 @@ app.add_typer(model.app, name="model")
 app.add_typer(dataset.app, name="dataset")
 app.add_typer(target.app, name="target")
 app.add_typer(recipe.app, name="recipe")
+app.add_typer(keys.app, name="keys")
+app.add_typer(bundle.app, name="bundle")
 
 
 def main() -> None:

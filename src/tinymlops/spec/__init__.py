@@ -2,6 +2,7 @@
 
 from tinymlops.spec.context import NETWORKS, PREFERENCES, DeviceContext
 from tinymlops.spec.model_info import FORMATS, ModelInfo, TensorSpec
+from tinymlops.spec.pipeline import PipelineSpec, StageSpec
 from tinymlops.spec.profile import BACKENDS, DEVICE_CLASSES, DTYPES, ORT_OPERATOR_TABLES, DeviceProfile
 from tinymlops.spec.recipe import RecipeSpec
 
@@ -16,6 +17,8 @@ __all__ = [
     "DeviceContext",
     "DeviceProfile",
     "ModelInfo",
+    "PipelineSpec",
     "RecipeSpec",
+    "StageSpec",
     "TensorSpec",
 ]

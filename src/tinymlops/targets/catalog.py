@@ -118,9 +118,7 @@ class TargetCatalog:
             return self._profiles[name]
         except KeyError:
             known = ", ".join(self.names()) or "(none)"
-            raise TargetNotFoundError(
-                f"no target named {name!r}; known targets: {known}", target=name
-            ) from None
+            raise TargetNotFoundError(f"no target named {name!r}; known targets: {known}", target=name) from None
 
     def source(self, name: str) -> str:
         """Where a profile came from: ``builtin:<file>``, a file path, or what :meth:`add` was told."""

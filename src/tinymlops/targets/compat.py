@@ -193,10 +193,7 @@ def _check_dtypes(info: ModelInfo, profile: DeviceProfile) -> list[CompatIssue]:
         where = " and ".join(sorted(wanted[key]["where"]))
         source = ", ".join(sorted(wanted[key]["source"]))
         if key in DTYPE_VOCABULARY.values():
-            msg = (
-                f"dtype {key} ({source} in {where}) is not supported; "
-                f"{profile.name} runs {', '.join(profile.dtypes)}"
-            )
+            msg = f"dtype {key} ({source} in {where}) is not supported; {profile.name} runs {', '.join(profile.dtypes)}"
         else:
             msg = (
                 f"dtype {key} (in {where}) has no equivalent among fp32, fp16, int8; "
@@ -227,8 +224,7 @@ def check_compatibility(
         issues.append(
             CompatIssue(
                 "backend",
-                f"{info.format} models need {backend}, but {profile.name} has only "
-                f"{', '.join(profile.backends)}",
+                f"{info.format} models need {backend}, but {profile.name} has only {', '.join(profile.backends)}",
                 backend,
             )
         )

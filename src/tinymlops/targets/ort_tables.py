@@ -113,9 +113,7 @@ def ort_mobile_helpers_dir() -> Path:
     """The ``onnxruntime/tools/mobile_helpers`` directory of the installed ONNX Runtime."""
     spec = importlib.util.find_spec("onnxruntime")
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(
-            "ONNX Runtime's operator tables are needed but the 'onnxruntime' package is not installed"
-        )
+        raise ConfigError("ONNX Runtime's operator tables are needed but the 'onnxruntime' package is not installed")
     for location in spec.submodule_search_locations:
         candidate = Path(location) / "tools" / "mobile_helpers"
         if candidate.is_dir():

@@ -102,9 +102,7 @@ class Candidate:
             if value is not None and not 0.0 <= value <= 1.0:
                 raise UsageError(f"candidate {self.ref}: {name} must be within [0, 1], got {value}")
         if self.latency_ms is not None and not (math.isfinite(self.latency_ms) and self.latency_ms > 0):
-            raise UsageError(
-                f"candidate {self.ref}: latency_ms must be a positive number, got {self.latency_ms}"
-            )
+            raise UsageError(f"candidate {self.ref}: latency_ms must be a positive number, got {self.latency_ms}")
         if self.peak_memory_bytes is not None and self.peak_memory_bytes < 0:
             raise UsageError(f"candidate {self.ref}: peak_memory_bytes must be >= 0")
 
@@ -216,9 +214,7 @@ class _Scored:
         return (self.score, energy_key, self.cand.size_bytes, self.cand.ref)
 
 
-def _score(
-    eligible: list[Candidate], profile: DeviceProfile, weights: Mapping[str, Fraction]
-) -> list[_Scored]:
+def _score(eligible: list[Candidate], profile: DeviceProfile, weights: Mapping[str, Fraction]) -> list[_Scored]:
     rc = Fraction(profile.relative_compute)
     power = Fraction(profile.active_power_w)
     lat = {c.ref: None if c.latency_ms is None else Fraction(c.latency_ms) / rc for c in eligible}
@@ -308,10 +304,7 @@ def _explain_loss(loser: _Scored, winner: _Scored) -> str:
             why = "ref name sorts after"
         head = f"tied on score {float(loser.score):.4f} with {winner.cand.ref}; lost the tie-break ({why})"
     else:
-        head = (
-            f"scored {float(loser.score):.4f} vs {float(winner.score):.4f} for {winner.cand.ref} "
-            "(lower is better)"
-        )
+        head = f"scored {float(loser.score):.4f} vs {float(winner.score):.4f} for {winner.cand.ref} (lower is better)"
     parts = [head]
     if worse:
         parts.append(", ".join(worse))
@@ -385,9 +378,7 @@ def select_variant(
         "energy ∝ latency on one device under the constant-power model; battery raises the energy weight",
     ]
     if bw is None:
-        notes.append(
-            "offline: download cost not weighed (the variant cannot be fetched until the device is online)"
-        )
+        notes.append("offline: download cost not weighed (the variant cannot be fetched until the device is online)")
     if profile.battery_wh is None:
         notes.append(f"{profile.name} has no battery: battery level ignored")
     elif context.charging:
@@ -400,9 +391,7 @@ def select_variant(
         notes.append(f"no measured latency for {', '.join(unmeasured)}: ranked last on latency and energy")
     sources = {s.cand.quality_source for s in ranked}
     if len(sources) > 1:
-        notes.append(
-            f"quality mixes {', '.join(sorted(sources))}: accuracy where measured, else agreement with base"
-        )
+        notes.append(f"quality mixes {', '.join(sorted(sources))}: accuracy where measured, else agreement with base")
 
     if len(ranked) == 1:
         reason = f"the only compatible candidate ({len(cands) - 1} incompatible)"
