@@ -67,5 +67,27 @@ def demo_cmd(
             for s in result.selections
         ],
     )
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.1f}%"
+
+    table(
+        "Delivery: signed bundles, encrypted per device, opened in memory, run through their pipeline",
+        ["device", "target", "variant", "bundle B", "open ms", "predictions", "accuracy", "= direct ORT", "p50 ms"],
+        [
+            [
+                d.device_id,
+                d.target,
+                d.ref + (f" (escalated {pct(d.escalated)})" if d.escalated is not None else ""),
+                f"{d.bundle_bytes:,}",
+                f"{d.open_ms:.1f}",
+                d.predictions,
+                pct(d.accuracy),
+                pct(d.agrees_with_direct),
+                "-" if d.p50_ms is None else f"{d.p50_ms:.3f}",
+            ]
+            for d in result.devices
+        ],
+    )
     console.print(f"Workspace: {result.workspace}  (try: tinymlops model lineage digits-cnn -w {result.workspace})")
     ws.close()

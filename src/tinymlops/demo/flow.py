@@ -3,7 +3,10 @@
 Today's flow (foundation): train a CNN on scikit-learn's real digits and register it with its
 eval and calibration sets; register MLPerf Tiny reference models nobody here trained (TFLite);
 derive every configured variant automatically; print lineage and evaluation tables; check each
-variant against the built-in device profiles; select a variant for several devices and moments.
+variant against the built-in device profiles; select a variant for several devices and moments;
+then deliver: build a signed bundle encrypted to each simulated device for the variant selected
+for it, open it in memory on the "device" and predict the whole digits test set through its
+pipeline (with a WebAssembly step), a cascade bundle, and an MLPerf Tiny model run by LiteRT.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tinymlops.demo.delivery import DeviceRun, deliver_cascade, deliver_digits, deliver_tflite
 from tinymlops.errors import IncompatibleError, WorkspaceError
 from tinymlops.optimize.pipeline import RegistrationResult, register_model
 from tinymlops.spec.context import DeviceContext
@@ -55,6 +59,7 @@ class DemoResult:
     checks: list[dict[str, Any]] = field(default_factory=list)
     selections: list[dict[str, Any]] = field(default_factory=list)
     digits_fp32_accuracy: float = 0.0
+    devices: list[DeviceRun] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -63,6 +68,7 @@ class DemoResult:
             "registrations": {k: v.to_dict() for k, v in self.registrations.items()},
             "checks": self.checks,
             "selections": self.selections,
+            "devices": [d.to_dict() for d in self.devices],
         }
 
 
@@ -136,5 +142,15 @@ def run_demo(
             except IncompatibleError as exc:
                 entry.update(chosen=None, error=exc.message)
             result.selections.append(entry)
+
+    digits_base = result.registrations["digits-cnn"].base.ref
+    result.devices = deliver_digits(ws, result.selections, digits.x_test, digits.y_test, say=say)
+    cascade = deliver_cascade(ws, digits_base, digits.x_test, digits.y_test, say=say)
+    if cascade is not None:
+        result.devices.append(cascade)
+    if "kws-dscnn" in result.registrations:
+        tflite = deliver_tflite(ws, "kws-dscnn", result.registrations["kws-dscnn"].base.ref, say=say)
+        if tflite is not None:
+            result.devices.append(tflite)
     ws.close()
     return result
