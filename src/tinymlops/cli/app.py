@@ -17,6 +17,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # help texts hold literal brackets: NAME[:VERSION][/VARIANT]
 )
 app.command("init")(init.init_workspace)
 app.command("select")(select.select_cmd)
