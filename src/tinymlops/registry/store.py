@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Text, cast, func, select
+from sqlalchemy import Engine, String, Text, cast, func, select, type_coerce
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -48,8 +49,9 @@ _ARTIFACT_COLUMNS = (
     cast(ArtifactRow.recipe, Text),
     ArtifactRow.target,
     ArtifactRow.source,
-    ArtifactRow.tags,
-    ArtifactRow.created_at,
+    cast(ArtifactRow.tags, Text),
+    # raw driver value: SQLite's text parsed by fromisoformat (C), PostgreSQL's datetime as is
+    type_coerce(ArtifactRow.created_at, String),
 )
 
 
@@ -67,23 +69,22 @@ _DERIVATION_COLUMNS = (
 )
 
 
-def _artifact(row: Sequence[Any]) -> ArtifactRecord:
-    return ArtifactRecord(
-        id=row[0],
-        model=row[1],
-        version=row[2],
-        variant=row[3],
-        parent_id=row[4],
-        format=row[5],
-        sha256=row[6],
-        size_bytes=row[7],
-        info_json=row[8],
-        recipe_json=row[9],
-        target=row[10],
-        source=row[11],
-        tags=tuple(row[12] or ()),
-        created_at=row[13],
-    )
+def _timestamp(value: Any) -> datetime:
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
+def _artifact(row: Sequence[Any], tags_cache: dict[str | None, tuple[str, ...]] | None = None) -> ArtifactRecord:
+    """A record from one ``_ARTIFACT_COLUMNS`` row. Listing thousands of variants repeats the
+    same few tag lists: ``tags_cache`` decodes each distinct one once."""
+    cache = {} if tags_cache is None else tags_cache
+    tags_text = row[12]
+    tags = cache.get(tags_text)
+    if tags is None:
+        tags = cache[tags_text] = tuple(json.loads(tags_text)) if tags_text else ()
+    return ArtifactRecord.from_values(
+        row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10], row[11], tags,
+        _timestamp(row[13]),
+    )  # fmt: skip
 
 
 def _derivation(row: DerivationRow, model: str) -> DerivationRecord:
@@ -388,7 +389,8 @@ class Registry:
             if version is not None:
                 q = q.where(ArtifactRow.version == version)
             rows = conn.execute(q).all()
-        return [_artifact(r) for r in rows]
+        cache: dict[str | None, tuple[str, ...]] = {}
+        return [_artifact(r, cache) for r in rows]
 
     def derivations(self, name: str, version: int | None = None) -> list[DerivationRecord]:
         with self.engine.connect() as conn:
