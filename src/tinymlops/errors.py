@@ -66,6 +66,11 @@ class ModelRefError(UsageError):
     """A model reference string (``NAME[:VERSION][/VARIANT...]``) is malformed."""
 
 
+class SlotTransitionError(UsageError):
+    """The device agent asked its A/B slot state machine for a transition that is not legal now
+    (staging while an install is pending, committing a bundle that was not smoke-tested, …)."""
+
+
 # --- the other side sent bad or hostile data ---------------------------------------------
 class InvalidInputError(TinyMLOpsError):
     """Data handed to tinymlops is malformed, corrupt or hostile."""
@@ -112,6 +117,11 @@ class KeyMismatchError(InvalidInputError):
     """The key offered cannot open this bundle (wrong device, wrong fleet)."""
 
 
+class AgentStateError(InvalidInputError):
+    """The device agent's state file is corrupt, truncated or inconsistent (the agent recovers
+    from it by re-verifying its slots; it never crashes on it)."""
+
+
 class InputMismatchError(UsageError):
     """A prediction input has the wrong shape or dtype for the model."""
 
@@ -147,7 +157,13 @@ class StoreError(OperationError):
     """The metadata or blob store failed (I/O error, integrity failure)."""
 
 
+class UpdateSourceError(OperationError):
+    """The device agent's update source could not be checked or fetched from (unreachable server,
+    unreadable offer directory); the agent backs off and tries again."""
+
+
 __all__ = [
+    "AgentStateError",
     "BackendError",
     "ConfigError",
     "ConversionMismatchError",
@@ -166,12 +182,14 @@ __all__ = [
     "RecipeError",
     "RecipeNotFoundError",
     "SignatureError",
+    "SlotTransitionError",
     "SpecError",
     "StageError",
     "StoreError",
     "TargetNotFoundError",
     "TinyMLOpsError",
     "UnsupportedVersionError",
+    "UpdateSourceError",
     "UsageError",
     "WorkspaceError",
 ]

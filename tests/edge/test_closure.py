@@ -12,6 +12,7 @@ FORBIDDEN = ("sqlalchemy", "fastapi", "torch", "flwr", "onnx", "alembic", "typer
 def test_edge_imports_no_heavy_packages() -> None:
     code = (
         "import sys, json; import tinymlops.edge, tinymlops.edge.backends, tinymlops.spec;"
+        "import tinymlops.edge.agent, tinymlops.edge.agent.command;"
         "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,0 +1,56 @@
+"""The device agent: follows an update source, installs bundles into A/B slots with an atomic
+switch, smoke-tests before committing, falls back and rolls back, and survives being killed at
+any moment.
+
+Modules (each holds one thing):
+
+* :mod:`~tinymlops.edge.agent.slots` — the A/B switch as a pure state machine (no I/O);
+* :mod:`~tinymlops.edge.agent.store` — the data directory around it: durable state writes, slot
+  files, crash recovery;
+* :mod:`~tinymlops.edge.agent.install` — verify → stage → re-verify → open → smoke test → switch;
+* :mod:`~tinymlops.edge.agent.loop` — the :class:`Agent`: polling, back-off, context policy,
+  health-driven rollback, status reports;
+* :mod:`~tinymlops.edge.agent.source` — the :class:`UpdateSource` protocol, :class:`Offer`, and
+  :class:`LocalDirectorySource`;
+* :mod:`~tinymlops.edge.agent.policy`, :mod:`~tinymlops.edge.agent.backoff`,
+  :mod:`~tinymlops.edge.agent.health`, :mod:`~tinymlops.edge.agent.context`,
+  :mod:`~tinymlops.edge.agent.crashpoints` — the small parts;
+* :mod:`~tinymlops.edge.agent.command` — ``python -m tinymlops.edge.agent``.
+
+In the edge closure: nothing here imports sqlalchemy, fastapi, torch, flwr or onnx.
+"""
+
+from tinymlops.edge.agent.backoff import Backoff
+from tinymlops.edge.agent.context import FileContext
+from tinymlops.edge.agent.health import HealthWatch
+from tinymlops.edge.agent.install import STATUSES, Installer, InstallResult
+from tinymlops.edge.agent.loop import Agent, AgentConfig, Cycle
+from tinymlops.edge.agent.policy import Decision, DownloadPolicy
+from tinymlops.edge.agent.slots import BundleInfo, Phase, SlotEntry, SlotState
+from tinymlops.edge.agent.source import LocalDirectorySource, Offer, OfferLike, UpdateSource, write_offer
+from tinymlops.edge.agent.store import Recovery, SlotStore
+
+__all__ = [
+    "STATUSES",
+    "Agent",
+    "AgentConfig",
+    "Backoff",
+    "BundleInfo",
+    "Cycle",
+    "Decision",
+    "DownloadPolicy",
+    "FileContext",
+    "HealthWatch",
+    "InstallResult",
+    "Installer",
+    "LocalDirectorySource",
+    "Offer",
+    "OfferLike",
+    "Phase",
+    "Recovery",
+    "SlotEntry",
+    "SlotState",
+    "SlotStore",
+    "UpdateSource",
+    "write_offer",
+]

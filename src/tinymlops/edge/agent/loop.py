@@ -1,0 +1,445 @@
+"""The device agent: poll an update source, install into A/B slots, watch health, roll back.
+
+One cycle (:meth:`Agent.run_once`):
+
+1. ask the context provider for the device's moment; offline -> skip this poll;
+2. ``source.check()`` -> an :class:`~tinymlops.edge.agent.source.Offer` or None;
+3. if the offer revokes the active bundle (the control plane rolled its release back), roll back;
+   if it is the active bundle, or one refused before, there is nothing to do; if it is the bundle
+   still in the other slot, switch back to it (re-verified and smoke-tested, no download);
+4. the :class:`~tinymlops.edge.agent.policy.DownloadPolicy` decides whether the context allows
+   the download now (large bundles wait for Wi-Fi unless urgent) -> ``deferred``;
+5. ``source.fetch()`` into ``incoming/``, then :meth:`Installer.install
+   <tinymlops.edge.agent.install.Installer.install>`; the new runtime replaces the old one;
+6. the :class:`~tinymlops.edge.agent.install.InstallResult` goes to the reporter.
+
+Errors from the context provider, the source or the disk make the agent back off (jittered,
+capped, exponential; reset by the next good cycle); a bundle that is refused or fails its smoke
+test is a *result*, not an error, and is not retried. The returned :class:`Cycle` carries the
+delay before the next poll, which :meth:`Agent.run_forever` waits on its stop event.
+
+The agent also serves predictions (:meth:`Agent.predict`) through the active runtime, whose
+middleware chain ends with a :class:`~tinymlops.edge.agent.health.HealthWatch`: ``N`` failures in
+a row roll back to the previous slot (and refuse the bundle that failed).
+
+Clock, timer, RNG, wait, context provider and reporter are injectable, so tests are deterministic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from tinymlops.crypto.keys import DeviceKeys
+from tinymlops.crypto.signing import TrustedKey
+from tinymlops.edge.agent.backoff import Backoff
+from tinymlops.edge.agent.health import HealthWatch
+from tinymlops.edge.agent.install import Installer, InstallResult, with_timing
+from tinymlops.edge.agent.policy import DEFAULT_LARGE_BUNDLE_BYTES, DownloadPolicy
+from tinymlops.edge.agent.slots import SlotState
+from tinymlops.edge.agent.source import UpdateSource, check_offer, revoked_by
+from tinymlops.edge.agent.store import Recovery, SlotStore
+from tinymlops.edge.middleware import Middleware, Response
+from tinymlops.edge.runtime import Runtime
+from tinymlops.errors import OperationError, SlotTransitionError, TinyMLOpsError, UsageError
+from tinymlops.spec.context import DeviceContext
+
+log = logging.getLogger("tinymlops.edge.agent")
+
+#: how many refused offers (by file SHA-256) the agent remembers in memory
+MAX_REMEMBERED_OFFERS = 256
+
+Reporter = Callable[[InstallResult], None]
+ContextProvider = Callable[[], DeviceContext]
+Wait = Callable[[threading.Event, float], bool]
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """``poll_interval`` seconds between healthy polls (jittered by ``poll_jitter``); back-off
+    ``backoff_base`` doubling (``backoff_factor``) up to ``backoff_cap`` with ``backoff_jitter``;
+    ``health_threshold`` consecutive failed predictions roll back."""
+
+    poll_interval: float = 60.0
+    poll_jitter: float = 0.1
+    backoff_base: float = 2.0
+    backoff_factor: float = 2.0
+    backoff_cap: float = 600.0
+    backoff_jitter: float = 0.5
+    large_bundle_bytes: int = DEFAULT_LARGE_BUNDLE_BYTES
+    health_threshold: int = 3
+    require_check_vector: bool = True
+    threads: int = 1
+    copy_chunk_bytes: int = 64 * 1024
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.poll_interval, int | float) and self.poll_interval > 0):
+            raise UsageError(f"poll_interval must be a positive number of seconds, got {self.poll_interval!r}")
+        if isinstance(self.health_threshold, bool) or not (
+            isinstance(self.health_threshold, int) and self.health_threshold >= 1
+        ):
+            raise UsageError(f"health_threshold must be a positive integer, got {self.health_threshold!r}")
+        if isinstance(self.threads, bool) or not (isinstance(self.threads, int) and self.threads >= 1):
+            raise UsageError(f"threads must be a positive integer, got {self.threads!r}")
+
+
+@dataclass(frozen=True)
+class Cycle:
+    """What one :meth:`Agent.run_once` did. ``action`` is ``idle``, ``offline``, ``error``,
+    ``deferred``, ``skipped`` (offer refused before) or an install status; ``delay`` is the
+    seconds to wait before the next poll."""
+
+    action: str
+    delay: float
+    result: InstallResult | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "event": "cycle",
+            "action": self.action,
+            "delay": round(self.delay, 3),
+            "error": self.error,
+            "status": None if self.result is None else self.result.status,
+        }
+
+
+def _default_wait(event: threading.Event, seconds: float) -> bool:
+    return event.wait(seconds)
+
+
+def _describe(exc: BaseException) -> str:
+    msg = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {msg}"
+
+
+class Agent:
+    """The device agent over one data directory. Call :meth:`start` (or let the first
+    :meth:`run_once` do it), then :meth:`run_once` / :meth:`run_forever`; :meth:`close` at the end.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path | str,
+        source: UpdateSource[Any],
+        device_key: DeviceKeys | X25519PrivateKey,
+        trusted_release_keys: Iterable[TrustedKey],
+        *,
+        config: AgentConfig | None = None,
+        context: ContextProvider | None = None,
+        reporter: Reporter | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.time,
+        timer: Callable[[], float] = time.perf_counter,
+        wait: Wait = _default_wait,
+        extra_middleware: Callable[[], list[Middleware]] | None = None,
+    ) -> None:
+        self.config = config or AgentConfig()
+        self.source = source
+        self.store = SlotStore(data_dir, copy_chunk=self.config.copy_chunk_bytes)
+        self._extra_middleware = extra_middleware
+        self.installer = Installer(
+            self.store,
+            device_key,
+            trusted_release_keys,
+            require_check_vector=self.config.require_check_vector,
+            threads=self.config.threads,
+            middleware=self._runtime_middleware,
+            timer=timer,
+            clock=clock,
+        )
+        self.context = context or DeviceContext
+        self.reporter = reporter
+        self.policy = DownloadPolicy(self.config.large_bundle_bytes)
+        c = self.config
+        self.backoff = Backoff(
+            base=c.backoff_base,
+            factor=c.backoff_factor,
+            cap=c.backoff_cap,
+            jitter=c.backoff_jitter,
+            poll_jitter=c.poll_jitter,
+            rng=rng or random.Random(),
+        )
+        self.clock = clock
+        self.timer = timer
+        self._wait = wait
+        self._lock = threading.RLock()
+        self._runtime: Runtime | None = None
+        self._watch: HealthWatch | None = None
+        self._started = False
+        self._refused_offers: OrderedDict[str, str] = OrderedDict()
+        self._deferred: str | None = None
+        self.recovery: Recovery | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def start(self) -> Recovery:
+        """Take the data directory, recover it, and open the active bundle (re-verified and
+        smoke-tested; a bundle that fails falls back to the other slot)."""
+        with self._lock:
+            recovery = self.store.recover(self.installer)
+            self._open_active(recovery.actions)
+            self.recovery = recovery
+            self._started = True
+            return recovery
+
+    def close(self) -> None:
+        with self._lock:
+            self._runtime = None
+            self._watch = None
+            self.store.close()
+            self._started = False
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _open_active(self, notes: list[str]) -> None:
+        while True:
+            state = self.store.state
+            bundle = state.active_bundle
+            if state.active is None or bundle is None:
+                self._set_runtime(None)
+                return
+            try:
+                self._set_runtime(self.installer.open_active(state.active, bundle))
+                return
+            except Exception as exc:  # never crash on start: fall back, or run without a bundle
+                slot = state.active
+                if state.fallback is not None:
+                    self.store.apply(state.rollback(refuse=True))
+                else:
+                    self.store.apply(state.invalidate(slot))
+                    self.store.clear_slot(slot)
+                notes.append(
+                    f"active slot {slot} (bundle {bundle.bundle_id}) does not open or fails its smoke test "
+                    f"({_describe(exc)}); active slot is now {self.store.state.active or 'none'}"
+                )
+
+    # --- serving ---------------------------------------------------------------------------
+    @property
+    def state(self) -> SlotState:
+        return self.store.state
+
+    @property
+    def runtime(self) -> Runtime | None:
+        """The runtime of the active bundle (None before the first install)."""
+        return self._runtime
+
+    def predict(self, x: Any, **metadata: Any) -> Response:
+        runtime = self._runtime
+        if runtime is None:
+            raise UsageError("no bundle is installed on this device yet")
+        return runtime.predict(x, **metadata)
+
+    def _runtime_middleware(self) -> list[Middleware]:
+        watch = HealthWatch(self.config.health_threshold, self._on_unhealthy)
+        extra = self._extra_middleware() if self._extra_middleware is not None else []
+        return [watch, *extra]
+
+    def _set_runtime(self, runtime: Runtime | None) -> None:
+        self._runtime = runtime
+        self._watch = None
+        if runtime is not None:
+            self._watch = next((m for m in runtime.middleware if isinstance(m, HealthWatch)), None)
+
+    def _on_unhealthy(self, watch: HealthWatch, reason: str) -> None:
+        """Called from inside a failing prediction: roll back; never let this replace that error."""
+        with self._lock:
+            if watch is not self._watch:  # a runtime that is no longer active
+                return
+            try:
+                result = self._rollback(reason, refuse=True)
+            except Exception:
+                log.exception("rolling back an unhealthy bundle failed")
+                return
+            self._report(result)
+
+    # --- rollback ----------------------------------------------------------------------------
+    def rollback(self, reason: str, *, refuse: bool = True) -> InstallResult:
+        """Switch back to the other slot now (``refuse``: never install the current bundle again)."""
+        with self._lock:
+            result = self._rollback(reason, refuse=refuse)
+            self._report(result)
+            return result
+
+    def _rollback(self, reason: str, *, refuse: bool) -> InstallResult:
+        t0 = self.timer()
+        state = self.store.state
+        bad = state.active_bundle
+        target = state.fallback
+        ids: dict[str, Any] = {} if bad is None else {"bundle_id": bad.bundle_id, "sha256": bad.sha256}
+        if state.active is None or target is None:
+            return self._made(
+                "failed",
+                f"{reason}; cannot roll back: no previous verified, smoke-tested bundle",
+                t0,
+                slot=state.active,
+                error="SlotTransitionError",
+                **ids,
+            )
+        entry = state.slots[target]
+        assert entry is not None
+        try:
+            runtime = self.installer.open_active(target, entry.bundle)
+        except Exception as exc:  # the fallback no longer verifies: drop it, stay where we are
+            self.store.apply(state.invalidate(target))
+            self.store.clear_slot(target)
+            return self._made(
+                "failed",
+                f"{reason}; cannot roll back: slot {target} no longer verifies ({_describe(exc)})",
+                t0,
+                slot=state.active,
+                error=type(exc).__name__,
+                **ids,
+            )
+        self.store.apply(state.rollback(refuse=refuse))
+        self._set_runtime(runtime)
+        return self._made(
+            "rolled_back",
+            f"{reason}; rolled back from bundle {bad.bundle_id if bad else '?'} to bundle "
+            f"{entry.bundle.bundle_id} in slot {target}",
+            t0,
+            slot=target,
+            **ids,
+        )
+
+    def _made(self, status: str, reason: str, t0: float, **kw: Any) -> InstallResult:
+        active = self.store.state.active_bundle
+        return InstallResult(
+            status,
+            reason,
+            timings={"total_s": self.timer() - t0},
+            at=self.clock(),
+            active_bundle_id=None if active is None else active.bundle_id,
+            **kw,
+        )
+
+    # --- the loop ----------------------------------------------------------------------------
+    def _report(self, result: InstallResult) -> None:
+        log.info("%s: %s", result.status, result.reason)
+        if self.reporter is None:
+            return
+        try:
+            self.reporter(result)
+        except Exception:  # a broken reporter must not stop updates
+            log.exception("the install-status reporter failed")
+
+    def _error(self, where: str, exc: BaseException) -> Cycle:
+        delay = self.backoff.failure()
+        message = f"{where}: {_describe(exc)}"
+        log.warning("%s (retry in %.1fs, failure %d)", message, delay, self.backoff.failures)
+        return Cycle("error", delay, error=message)
+
+    def _ok(self, action: str, result: InstallResult | None = None) -> Cycle:
+        self.backoff.reset()
+        return Cycle(action, self.backoff.poll_delay(self.config.poll_interval), result)
+
+    def _remember_refused(self, sha256: str, reason: str) -> None:
+        self._refused_offers[sha256] = reason
+        self._refused_offers.move_to_end(sha256)
+        while len(self._refused_offers) > MAX_REMEMBERED_OFFERS:
+            self._refused_offers.popitem(last=False)
+
+    def run_once(self) -> Cycle:
+        """One poll (see the module docstring). Never raises for the other side's faults."""
+        if not self._started or self.store.state.pending is not None:
+            self.start()  # first cycle, or an earlier install died half-way (a disk error): recover
+        try:
+            context = self.context()
+        except Exception as exc:
+            return self._error("device context", exc)
+        if context.network == "offline":
+            return Cycle("offline", self.backoff.poll_delay(self.config.poll_interval))
+        try:
+            offer = self.source.check()
+        except Exception as exc:
+            return self._error("checking for updates", exc)
+        if offer is None:
+            return self._ok("idle")
+        try:
+            check_offer(offer)
+            revoked = revoked_by(offer)
+        except TinyMLOpsError as exc:
+            return self._error("checking for updates", exc)
+
+        with self._lock:
+            state = self.store.state
+            active = state.active_bundle
+            if active is not None and {active.bundle_id, active.sha256} & revoked and state.fallback is not None:
+                result = self._rollback(f"the control plane rolled back bundle {active.bundle_id}", refuse=True)
+                self._report(result)
+                return self._ok(result.status, result)
+            # revoked with nothing to roll back to: keep serving it until the offered bundle replaces it
+            if active is not None and active.sha256 == offer.sha256:
+                return self._ok("idle")
+            if state.is_refused(offer.sha256) or offer.sha256 in self._refused_offers:
+                return self._ok("skipped")
+            fallback = state.fallback
+            if fallback is not None:
+                entry = state.slots[fallback]
+                if entry is not None and entry.bundle.sha256 == offer.sha256:
+                    result = self._rollback("the control plane offers the previous bundle again", refuse=False)
+                    self._report(result)
+                    if result.status == "rolled_back":
+                        return self._ok(result.status, result)
+                    # the old slot no longer verifies: download the bundle again below
+
+        decision = self.policy.decide(offer, context)
+        if not decision.allowed:
+            if self._deferred != offer.sha256:
+                self._deferred = offer.sha256
+                self._report(self._made("deferred", decision.reason, self.timer(), sha256=offer.sha256))
+            return self._ok("deferred")
+        self._deferred = None
+
+        t = self.timer()
+        try:
+            path = self.source.fetch(offer, self.store.incoming_dir)
+        except Exception as exc:
+            with contextlib.suppress(OSError):
+                self.store.clear_incoming()
+            return self._error(f"fetching {offer.target_path}", exc)
+        download_s = self.timer() - t
+
+        try:
+            with self._lock:
+                result = self.installer.install(path, expected_sha256=offer.sha256)
+                if result.status == "installed":
+                    self._set_runtime(result.runtime)
+        except (OperationError, SlotTransitionError, OSError) as exc:
+            return self._error(f"installing {offer.target_path}", exc)
+        finally:
+            with contextlib.suppress(OSError):
+                self.store.clear_incoming()
+        result = with_timing(result, download_s=download_s)
+        if result.status == "refused":
+            self._remember_refused(offer.sha256, result.reason)
+        self._report(result)
+        return self._ok(result.status, result)
+
+    def run_forever(self, stop_event: threading.Event) -> None:
+        """Poll until ``stop_event`` is set, waiting each cycle's delay on it."""
+        if not self._started:
+            self.start()
+        while not stop_event.is_set():
+            try:
+                cycle = self.run_once()
+            except TinyMLOpsError as exc:  # a bug or a local misuse: keep the device alive, back off
+                cycle = self._error("agent cycle", exc)
+            if self._wait(stop_event, cycle.delay):
+                break
+
+
+__all__ = ["Agent", "AgentConfig", "ContextProvider", "Cycle", "Reporter"]
