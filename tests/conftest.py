@@ -9,15 +9,7 @@ from pathlib import Path
 
 import pytest
 
-MLPERF_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "mlperf-tiny"
 PG_URL = os.environ.get("TINYMLOPS_TEST_PG_URL")
-
-
-def mlperf(name: str) -> Path:
-    path = MLPERF_DIR / name
-    if not path.is_file():
-        pytest.skip(f"MLPerf Tiny model {name} not found in {MLPERF_DIR}")
-    return path
 
 
 def _fresh_pg_database() -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import mlperf
+from mlperf_models import mlperf
 
 SMALL_CONFIG_CHAINS = 'default = ["fp16", "int8-static", "prune-50>int8-static"]'
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import MLPERF_DIR
+from mlperf_models import MLPERF_DIR
 
 
 @pytest.mark.slow

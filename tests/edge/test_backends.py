@@ -5,8 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import mlperf
-from tinymlops.edge.backends import LiteRTBackend, OnnxRuntimeBackend, detect_format, open_backend
+from mlperf_models import mlperf
+from tinymlops.edge.backends import (
+    ORT_PROVIDERS,
+    LiteRTBackend,
+    OnnxRuntimeBackend,
+    detect_format,
+    open_backend,
+    ort_session_options,
+)
 from tinymlops.errors import BackendError, InvalidModelError
 
 
@@ -15,6 +22,20 @@ def test_onnx_backend_runs_digits(digits_model) -> None:
     assert isinstance(b, OnnxRuntimeBackend)
     out = np.concatenate([b.run(digits_model.x_test[i : i + 1])[0] for i in range(100)])
     assert (out.argmax(1) == digits_model.y_test[:100]).mean() > 0.9
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_onnx_sessions_use_the_shared_session_options(digits_model, threads: int) -> None:
+    """The options benchmarks give their bare baseline are the ones every backend session gets."""
+    import onnxruntime as ort
+
+    b = open_backend(digits_model.onnx, threads=threads)
+    assert isinstance(b, OnnxRuntimeBackend) and b.session.get_providers() == list(ORT_PROVIDERS)
+    got, want = b.session.get_session_options(), ort_session_options(threads)
+    for attr in ("intra_op_num_threads", "inter_op_num_threads", "log_severity_level", "execution_mode"):
+        assert getattr(got, attr) == getattr(want, attr), attr
+    assert (got.intra_op_num_threads, got.inter_op_num_threads) == (threads, 1)
+    assert got.graph_optimization_level == ort.SessionOptions().graph_optimization_level  # ONNX Runtime's default
 
 
 def test_litert_backend_quantizes_int8_io() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import mlperf
+from mlperf_models import mlperf
 from tinymlops.bundle.builder import build_bundle
 from tinymlops.bundle.workspace_keys import release_public_key
 from tinymlops.crypto.keys import DeviceKeys

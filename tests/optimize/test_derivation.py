@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import mlperf
+from mlperf_models import mlperf
 from tinymlops.optimize.derivation import plan_chains
 from tinymlops.optimize.pipeline import register_model
 from tinymlops.workspace import Workspace, parse_config

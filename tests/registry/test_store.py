@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from conftest import mlperf
+from mlperf_models import mlperf
 from tinymlops.errors import (
     InvalidDatasetError,
     InvalidModelError,
