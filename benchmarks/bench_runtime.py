@@ -6,7 +6,8 @@
 2. Opening a bundle (verify signature + hashes, unwrap key, decrypt, create the session from
    bytes) vs ``InferenceSession(path)`` on the plaintext file (ratio; goal <= 1.3).
 3. The WebAssembly normalize step vs the same op in numpy over 1k and 100k floats (per-call
-   overhead; goal <= 20 us).
+   overhead; goal <= 20 us), with the step's parts (copy in, process, copy out) timed beside
+   it, and ``process`` alone over 100k floats for the unrolled vs one-vector loop, fuel on/off.
 
 Method: each pair is timed in interleaved blocks (shuffled order per round, GC paused); the
 ratio is the median over rounds of the two block medians' quotient.
@@ -160,6 +161,8 @@ def _open_cost(ws: Any, tmp: Path, rounds: int) -> dict[str, Any]:
 
 
 def _wasm_cost(rounds: int) -> dict[str, Any]:
+    """The step vs numpy, and the step's three parts timed alone beside them: the copy into
+    linear memory, ``process`` (call + loop, fuel reset included) and the copy out."""
     from tinymlops.pipeline.wasm import WasmStep, builtin_module
 
     out = {}
@@ -167,18 +170,81 @@ def _wasm_cost(rounds: int) -> dict[str, Any]:
         x = np.random.default_rng(0).normal(size=n).astype(np.float32)
         step = WasmStep(builtin_module("normalize"), label="normalize", params=[0.5, 2.0])
         mean, std = 0.5, 2.0
-        fns = {"numpy": lambda x=x, m=mean, sd=std: (x - m) / sd, "wasm": lambda x=x, s=step: s(x)}
-        blocks = _interleaved(fns, rounds)
         ref = (x - mean) / std
+        max_abs_diff = float(np.max(np.abs(step(x) - ref)))  # also sizes the step's buffer
+        view, ptr, fuel = step._view, step._buf_ptr, step.limits.fuel + step.limits.fuel_per_value * n
+        fns = {
+            "numpy": lambda x=x, m=mean, sd=std: (x - m) / sd,
+            "wasm": lambda x=x, s=step: s(x),
+            "copy in": lambda x=x, v=view, n=n: v.__setitem__(slice(0, n), x),
+            "process": lambda s=step, p=ptr, n=n, f=fuel: s._process(f, p, n),
+            "copy out": lambda v=view, n=n: v[:n].copy(),
+        }
+        blocks = _interleaved(fns, rounds)
         out[str(n)] = {
             "numpy_us": float(np.median(blocks["numpy"])) * 1e6,
             "wasm_us": float(np.median(blocks["wasm"])) * 1e6,
             "ratio": _ratio(blocks, "wasm", "numpy"),
             "overhead_us": float(np.median(blocks["wasm"] - blocks["numpy"])) * 1e6,
-            "max_abs_diff": float(np.max(np.abs(step(x) - ref))),
+            "copy_in_us": float(np.median(blocks["copy in"])) * 1e6,
+            "process_us": float(np.median(blocks["process"])) * 1e6,
+            "copy_out_us": float(np.median(blocks["copy out"])) * 1e6,
+            "max_abs_diff": max_abs_diff,
             "fast_path": bool(step.fast),
         }
+    out["100000"]["loop_us"] = _wasm_loop_cost(rounds)
     return out
+
+
+# normalize's process as it was before the unrolling: one f32x4 per loop iteration
+_WASM_ONE_VECTOR_LOOP = """
+(module
+  (memory (export "memory") 8)
+  (func (export "alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "process") (param $ptr i32) (param $n i32) (result i32)
+    (local $end4 i32) (local $m4 v128) (local $s4 v128)
+    (local.set $m4 (f32x4.splat (f32.const 0.5)))
+    (local.set $s4 (f32x4.splat (f32.const 0.5)))
+    (local.set $end4
+      (i32.add (local.get $ptr) (i32.shl (i32.and (local.get $n) (i32.const -4)) (i32.const 2))))
+    (block $done4
+      (loop $simd
+        (br_if $done4 (i32.ge_u (local.get $ptr) (local.get $end4)))
+        (v128.store (local.get $ptr)
+          (f32x4.mul (f32x4.sub (v128.load (local.get $ptr)) (local.get $m4)) (local.get $s4)))
+        (local.set $ptr (i32.add (local.get $ptr) (i32.const 16)))
+        (br $simd)))
+    (i32.const 0)))
+"""
+
+
+def _wasm_loop_cost(rounds: int, n: int = 100_000) -> dict[str, float]:
+    """``process`` alone over ``n`` floats (no fuel reset, no copies): the shipped normalize
+    loop (16 vectors per iteration) vs a one-vector loop, each with wasmtime's fuel metering
+    on and off — what unrolling buys and what metering costs on this machine."""
+    import wasmtime as wt
+
+    from tinymlops.pipeline.wasm import _FastCall, builtin_module, wat_to_wasm
+
+    modules = {
+        "16 vectors/iteration": builtin_module("normalize"),
+        "1 vector/iteration": wat_to_wasm(_WASM_ONE_VECTOR_LOOP),
+    }
+    fns = {}
+    for fuel in (True, False):
+        config = wt.Config()
+        config.consume_fuel = fuel
+        engine = wt.Engine(config)
+        for label, wasm in modules.items():
+            store = wt.Store(engine)
+            if fuel:
+                store.set_fuel(10**15)  # one budget for the whole run: only the metering is timed
+            exports = wt.Instance(store, wt.Module(engine, wasm), []).exports(store)
+            call = _FastCall(store, exports["process"], 2)
+            call._slots[0].i32, call._slots[1].i32 = exports["alloc"](store, 4 * n), n
+            fns[f"{label}, fuel {'on' if fuel else 'off'}"] = lambda c=call: c._call(*c._frame)
+    blocks = _interleaved(fns, rounds)
+    return {name: float(np.median(v)) * 1e6 for name, v in blocks.items()}
 
 
 def run(quick: bool) -> dict[str, Any]:
@@ -247,12 +313,17 @@ def render(result: dict[str, Any]) -> list[Table]:
     for col in ("InferenceSession(path) ms", "Runtime.open(bundle) ms", "ratio", "model bytes"):
         t2.add_column(col, justify="right")
     t2.add_row(fmt_ms(o["session_ms"]), fmt_ms(o["bundle_ms"]), f"{o['ratio']:.3f}", f"{o['model_bytes']:,}")
-    t3 = Table(title="WebAssembly normalize vs numpy", title_justify="left")
-    for col in ("floats", "numpy us", "wasm us", "ratio", "overhead us", "fast path"):
+    t3 = Table(title="WebAssembly normalize vs numpy (wasm = copy in + process + copy out + Python)",
+               title_justify="left")  # fmt: skip
+    for col in ("floats", "numpy us", "wasm us", "ratio", "overhead us", "copy in us", "process us", "copy out us",
+                "fast path"):  # fmt: skip
         t3.add_column(col, justify="right")
     for n, w in result["wasm"].items():
         t3.add_row(
             f"{int(n):,}", f"{w['numpy_us']:.1f}", f"{w['wasm_us']:.1f}", f"{w['ratio']:.2f}",
-            f"{w['overhead_us']:.1f}", str(w["fast_path"]),
+            f"{w['overhead_us']:.1f}", f"{w['copy_in_us']:.1f}", f"{w['process_us']:.1f}", f"{w['copy_out_us']:.1f}",
+            str(w["fast_path"]),
         )  # fmt: skip
+    loop = result["wasm"]["100000"]["loop_us"]
+    t3.caption = "process alone over 100,000 floats (us): " + ", ".join(f"{k} {v:.1f}" for k, v in loop.items())
     return [t, t2, t3, goals_table(result)]

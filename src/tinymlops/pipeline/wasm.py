@@ -34,11 +34,15 @@ and optionally:
 
 Calls per prediction: one ``process`` (two i32 arguments). Parameters live in linear memory,
 the instance is created once per pipeline and reused, the input is copied straight into linear
-memory through a NumPy view of it and the result copied out (two ``memcpy``). Calling through
-wasmtime-py's generic ``Func.__call__`` costs tens of microseconds (it re-reads the function
-type and boxes every argument), so a pre-built call frame goes to wasmtime's C API directly
-(``wasmtime_func_call``, which still type-checks the call) when the installed binding exposes
-it; otherwise the public API is used.
+memory through a NumPy view of it and the result copied out (two ``memcpy``; the copy out is
+what keeps a returned array from being overwritten by the next call or rewritten by the module
+later). Calling through wasmtime-py's generic ``Func.__call__`` costs tens of microseconds (it
+re-reads the function type and boxes every argument), so a pre-built call frame of plain
+addresses goes to wasmtime's C API directly (``wasmtime_func_call``, which still type-checks the
+call) when the installed binding exposes it; otherwise the public API is used. Fuel stays the
+way a call is bounded (deterministic: the same module and input always get the same budget);
+wasmtime charges it per basic block, so the shipped modules unroll their loops (64 floats per
+iteration) and the metering costs little (numbers in ``docs/wasm-abi.md``).
 
 After a failed call (trap, fuel, memory) the instance is discarded and a fresh one is made for
 the next call, so a half-finished run cannot leave corrupt module state behind.
@@ -223,17 +227,19 @@ class _FastCall:
     """Call an ``(i32, ...) -> i32`` export through wasmtime's C API with a pre-built frame.
 
     ``wasmtime_func_call`` type-checks the call like the public binding does; what is skipped
-    is re-reading the function type and boxing every argument on every call. ``fn(fuel, *args)``
-    resets the store's fuel to ``fuel`` and calls.
+    is re-reading the function type and boxing every argument on every call. The frame is a
+    tuple of plain addresses (store context, function, argument and result arrays, trap slot)
+    passed through a ``c_void_p`` prototype: ctypes checks ``POINTER(...)``-typed arguments one
+    by one, which cost ~2 us per call here. Every address belongs to an object this frame keeps
+    alive. ``fn(fuel, *args)`` resets the store's fuel to ``fuel`` and calls.
     """
 
     def __init__(self, store: Any, func: Any, nargs: int) -> None:
         from wasmtime import _bindings, _ffi  # private: guarded by _fast_calls_available()
 
-        self._store, self._func = store, func  # keep both alive as long as the frame
-        self._ctx = store._context()
-        self._fref = ctypes.byref(func._func)
-        self._nargs = nargs
+        self._keep = (store, func)  # the frame points into both
+        self._call, self._set_fuel = _c_functions()
+        self._ctx = ctypes.cast(store._context(), ctypes.c_void_p).value
         self._args = (_bindings.wasmtime_val_t * nargs)()
         for a in self._args:
             a.kind = _ffi.WASMTIME_I32.value
@@ -241,50 +247,71 @@ class _FastCall:
         self._last: tuple[int, ...] = ()
         self._results = (_bindings.wasmtime_val_t * 1)()
         self._result = self._results[0].of
-        self._call = _bindings._wasmtime_func_call
-        self._set_fuel = _bindings._wasmtime_context_set_fuel
-        self._trap_t = ctypes.POINTER(_bindings.wasm_trap_t)
-        self._new_trap_slot()
-
-    def _new_trap_slot(self) -> None:
-        self._trap = self._trap_t()
-        self._trap_ref = ctypes.byref(self._trap)
+        self._trap = ctypes.c_void_p()  # wasm_trap_t *, written by wasmtime only when the call traps
+        self._frame = (
+            self._ctx,
+            ctypes.addressof(func._func),
+            ctypes.addressof(self._args),
+            nargs,
+            ctypes.addressof(self._results),
+            1,
+            ctypes.addressof(self._trap),
+        )
 
     def __call__(self, fuel: int, *values: int) -> int:
         err = self._set_fuel(self._ctx, fuel)
         if err:
-            from wasmtime import WasmtimeError
-
-            raise WasmtimeError._from_ptr(err)
+            raise _wasmtime_error(err)
         if values != self._last:
             for slot, v in zip(self._slots, values, strict=True):
                 slot.i32 = v
             self._last = values
-        err = self._call(self._ctx, self._fref, self._args, self._nargs, self._results, 1, self._trap_ref)
+        err = self._call(*self._frame)
         if err:
-            from wasmtime import WasmtimeError
+            raise _wasmtime_error(err)
+        trap = self._trap.value
+        if trap:
+            from wasmtime import Trap, _bindings
 
-            raise WasmtimeError._from_ptr(err)
-        if self._trap:
-            from wasmtime import Trap
-
-            trap = self._trap
-            self._new_trap_slot()  # the Trap object owns the old pointer from here on
-            raise Trap._from_ptr(trap)
+            self._trap.value = None  # the Trap object owns the pointer from here on
+            raise Trap._from_ptr(ctypes.cast(trap, ctypes.POINTER(_bindings.wasm_trap_t)))
         return self._result.i32
+
+
+def _wasmtime_error(address: int) -> Exception:
+    from wasmtime import WasmtimeError, _bindings
+
+    return WasmtimeError._from_ptr(ctypes.cast(address, ctypes.POINTER(_bindings.wasmtime_error_t)))
+
+
+@cache
+def _c_functions() -> tuple[Any, Any]:
+    """``wasmtime_func_call`` and ``wasmtime_context_set_fuel`` with address-only prototypes."""
+    from wasmtime import _bindings
+
+    ptr, size = ctypes.c_void_p, ctypes.c_size_t
+    call = ctypes.CFUNCTYPE(ptr, ptr, ptr, ptr, size, ptr, size, ptr)
+    set_fuel = ctypes.CFUNCTYPE(ptr, ptr, ctypes.c_uint64)
+    return (
+        call(ctypes.cast(_bindings._wasmtime_func_call, ptr).value),
+        set_fuel(ctypes.cast(_bindings._wasmtime_context_set_fuel, ptr).value),
+    )
 
 
 @cache
 def _fast_calls_available() -> bool:
     try:
-        from wasmtime import Store, Trap, WasmtimeError, _bindings, _ffi  # noqa: F401
+        from wasmtime import Func, Store, Trap, WasmtimeError, _bindings, _ffi
 
         needed = ("wasmtime_val_t", "_wasmtime_func_call", "_wasmtime_context_set_fuel", "wasm_trap_t")
         return (
             all(hasattr(_bindings, n) for n in needed)
+            and hasattr(_bindings, "wasmtime_error_t")
             and hasattr(_ffi, "WASMTIME_I32")
             and hasattr(Store, "_context")
+            and "_func" in getattr(Func, "__annotations__", {})
             and hasattr(Trap, "_from_ptr")
+            and hasattr(WasmtimeError, "_from_ptr")
         )
     except Exception:  # pragma: no cover - depends on the binding
         return False
@@ -464,8 +491,8 @@ class WasmStep:
         return StageError(f"{where} trapped{kind} in {what}: {detail}", stage=self.label, reason="trap")
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        src = np.ascontiguousarray(x, dtype=np.float32)
-        n = src.size
+        a = np.asarray(x)
+        n = a.size
         if n >= 2**29:
             raise StageError(f"WebAssembly stage '{self.label}': an input of {n} values is too large for ABI v1")
         with self._lock:
@@ -477,8 +504,19 @@ class WasmStep:
             view = self._view
             if view is None or 4 * n > self._buf_cap or not self._fixed:
                 view = self._ensure_buffer(n)
-            view[:n] = src.reshape(-1)
-            status = self._guarded(self._process, "process", n, self._buf_ptr, n)
+            # one pass into linear memory: a memcpy for contiguous float32 input, else the cast/gather
+            if a.ndim == 1:
+                view[:n] = a
+            elif a.flags.c_contiguous:
+                view[:n] = a.reshape(-1)
+            else:
+                np.copyto(view[:n].reshape(a.shape), a, casting="unsafe")
+            fuel = self.limits.fuel + self.limits.fuel_per_value * n
+            try:
+                status = self._process(fuel, self._buf_ptr, n)
+            except Exception as exc:
+                self._ok = False
+                raise self._failure(exc, "process", self._size, fuel) from None
             if status != 0:
                 self._ok = False
                 raise StageError(
@@ -489,7 +527,10 @@ class WasmStep:
                 )
             if not self._fixed:  # pragma: no cover - memory may have moved on older wasmtime
                 view = self._view = self._bytes(self._buf_ptr, self._buf_cap).view("<f4")
-            return view[:n].reshape(src.shape).copy()
+            # a copy out (one memcpy): a view would be overwritten by the next call and stays
+            # writable by the module, which could change a result after it was returned
+            out = view[:n].copy()
+            return out if a.ndim == 1 else out.reshape(a.shape)
 
 
 def _first_line(exc: BaseException) -> str:
