@@ -22,7 +22,7 @@ from tinymlops.bundle.container import HEADER, MAGIC, pack, unpack
 from tinymlops.bundle.workspace_keys import release_key
 from tinymlops.crypto.keys import DeviceKeys, generate_signing_key, generate_wrapping_key
 from tinymlops.crypto.signing import DetachedSignature
-from tinymlops.errors import IntegrityError, KeyMismatchError, SignatureError, UnsupportedVersionError
+from tinymlops.errors import IntegrityError, KeyMismatchError, SignatureError, SpecError, UnsupportedVersionError
 from tinymlops.spec.manifest import BundleManifest, canonical_json
 from tinymlops.workspace import Workspace
 
@@ -144,7 +144,7 @@ def test_every_single_byte_flip_is_refused_naming_the_member(setup: Setup, how: 
     assert not failures, failures[:10]
     # every data region was hit and named: the payload by itself, the signed pair by one of its two
     named = {m for m, _, got in seen if m is not None and got == m}
-    assert named >= {"model.enc", "manifest.json", "manifest.sig"}
+    assert named >= {"model.enc", "check.bin", "manifest.json", "manifest.sig"}
 
 
 def test_flips_in_the_payload_name_the_payload_member(setup: Setup) -> None:
@@ -229,16 +229,16 @@ def test_manifest_changed_without_resigning_is_refused(setup: Setup) -> None:
 def test_newer_major_version_is_refused_even_when_properly_signed(setup: Setup) -> None:
     members = unpack(setup.bundle)
     doc = json.loads(members["manifest.json"])
-    doc["spec_version"] = "2.0"
+    doc["spec_version"] = "3.0"
     doc["model"] = {"completely": "different"}
-    with pytest.raises(UnsupportedVersionError, match=r"unsupported spec_version 2\.0"):
+    with pytest.raises(UnsupportedVersionError, match=r"unsupported spec_version 3\.0"):
         setup.open(_resign(setup, canonical_json(doc), members))
 
 
 def test_newer_minor_version_with_unknown_fields_verifies_and_keeps_them(setup: Setup) -> None:
     members = unpack(setup.bundle)
     doc = json.loads(members["manifest.json"])
-    doc["spec_version"] = "1.4"
+    doc["spec_version"] = "2.4"
     doc["provenance"] = {"slsa": "v1", "builder": "ci"}
     doc["model"]["quantization"] = {"scheme": "none"}
     doc["members"]["model.enc"]["compression"] = None
@@ -247,7 +247,7 @@ def test_newer_minor_version_with_unknown_fields_verifies_and_keeps_them(setup: 
     opened = setup.open(_resign(setup, raw, members))
     m = opened.manifest
     assert opened.models["main"] == _tiny_onnx()
-    assert m.raw == raw and m.to_bytes() == raw and m.spec_version == "1.4"
+    assert m.raw == raw and m.to_bytes() == raw and m.spec_version == "2.4"
     assert m.unrecognized == {"provenance": {"slsa": "v1", "builder": "ci"}}
     assert m.to_dict() == doc
     assert BundleManifest.from_bytes(raw).to_dict()["model"]["quantization"] == {"scheme": "none"}
@@ -305,6 +305,44 @@ def test_duplicate_member_names_are_refused(setup: Setup) -> None:
     with pytest.raises(IntegrityError, match="duplicate") as info:
         setup.open(dup)
     assert info.value.member == "model.enc"
+
+
+# --- the check vector (smoke test) ---------------------------------------------------------
+def test_a_changed_check_vector_is_refused_naming_its_member(setup: Setup) -> None:
+    """Rewriting the expected outputs so that a broken model would pass the smoke test: the check
+    member is covered by the signed manifest's SHA-256 like every other member."""
+    members = unpack(setup.bundle)
+    check = bytearray(members["check.bin"])
+    check[-4:] = np.float32(123.0).tobytes()  # the last expected output
+    with pytest.raises(IntegrityError, match=r"'check\.bin' does not match its SHA-256") as info:
+        setup.open(pack({**members, "check.bin": bytes(check)}))
+    assert info.value.member == "check.bin" and type(info.value) is IntegrityError
+    with pytest.raises(IntegrityError) as info:
+        verify_bundle(pack({**members, "check.bin": bytes(check)}), trusted_release_keys=setup.trusted)
+    assert info.value.member == "check.bin"
+    with pytest.raises(IntegrityError, match="missing") as info:
+        setup.open(pack({k: v for k, v in members.items() if k != "check.bin"}))
+    assert info.value.member == "check.bin"
+
+
+def test_the_check_vector_cannot_be_moved_out_of_the_signed_manifest(setup: Setup) -> None:
+    """Even a manifest re-signed by the release key must describe its check member exactly."""
+    members = unpack(setup.bundle)
+    doc = json.loads(members["manifest.json"])
+    doc["check"]["inputs"][0]["shape"] = [1, 4]  # half the bytes the member holds
+    with pytest.raises(SpecError, match=r"check vector member 'check\.bin' is \d+ bytes, but its tensors"):
+        setup.open(_resign(setup, canonical_json(doc), members))
+    doc = json.loads(members["manifest.json"])
+    doc["members"]["check.bin"]["role"] = "model"
+    with pytest.raises(SpecError, match="not 'check'"):
+        setup.open(_resign(setup, canonical_json(doc), members))
+
+
+def test_the_opened_manifest_carries_the_verified_check_vector(setup: Setup) -> None:
+    opened = setup.open(setup.bundle)
+    check = opened.manifest.check
+    assert check is not None and check.loaded
+    assert b"".join(t.data for t in check.tensors) == unpack(setup.bundle)["check.bin"]
 
 
 def test_plaintext_hash_is_checked_after_decryption(setup: Setup, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import mlperf
+from mlperf_models import mlperf
 from tinymlops.bundle import inspect_bundle, open_bundle, run_check, verify_bundle
 from tinymlops.bundle.builder import build_bundle
 from tinymlops.bundle.container import unpack
@@ -80,7 +80,8 @@ def test_variant_bundle_opens_with_the_device_key_and_matches_the_registry(ws, d
     assert [s.ref for s in m.lineage] == ["digits:1", "digits:1/fp16"]
     assert m.lineage[0].recipe is None and m.lineage[1].recipe["recipe"] == "fp16"
     assert m.key_wrap.mode == "device" and m.key_wrap.recipient_key_id == device.wrapping_key_id
-    assert all(e.encrypted for e in m.members.values()) and set(m.members) == {"model.enc"}
+    assert set(m.members) == {"model.enc", "check.bin"} and m.members["model.enc"].encrypted
+    assert m.members["check.bin"].role == "check" and not m.members["check.bin"].encrypted
     assert m.policies == {n: {"enabled": False} for n in ("metering", "telemetry", "guard", "proof")}
     assert m.pipeline is None
 
@@ -98,6 +99,27 @@ def test_variant_bundle_opens_with_the_device_key_and_matches_the_registry(ws, d
     np.testing.assert_array_equal(direct, expected)
     report = run_check(m, open_backend(opened.models["main"]))
     assert report.passed and report.max_abs_error == 0.0
+    # its bytes are the plain member check.bin (inputs then outputs), not base64 in the manifest
+    check_bytes = unpack(blob)["check.bin"]
+    assert check_bytes == x.astype("<f4").tobytes() + expected.tobytes() == m.check.payload()
+    assert m.members["check.bin"].sha256 == hashlib.sha256(check_bytes).hexdigest()
+    assert len(m.raw) < 4096 and b'"data"' not in m.raw
+
+
+def test_the_check_vector_is_bound_only_from_a_verified_bundle(ws, device, tmp_path) -> None:
+    from tinymlops.spec.manifest import BundleManifest
+
+    out = tmp_path / "b.tmlb"
+    build_bundle(ws, "digits:1", target="rpi-4", device_public_key=device.wrapping_public, out=out)
+    members = unpack(out.read_bytes())
+    alone = BundleManifest.from_bytes(members["manifest.json"])
+    assert alone.check is not None and not alone.check.loaded
+    backend = open_backend(ws.registry.read_bytes(ws.registry.resolve("digits:1")))
+    with pytest.raises(UsageError, match=r"check vector's data \(member 'check\.bin'\) is not loaded"):
+        run_check(alone, backend)
+    verified = verify_bundle(out, trusted_release_keys=[release_public_key(ws)])
+    assert verified.manifest.check is not None and verified.manifest.check.loaded
+    assert verified.manifest == alone and run_check(verified.manifest, backend).passed
 
 
 def test_fleet_bundle_opens_with_the_fleet_key_only(ws, device, tmp_path) -> None:
@@ -168,8 +190,9 @@ def test_cascade_models_and_wasm_modules_travel_encrypted(ws, device, tmp_path) 
     assert opened.models["small"] == tiny_onnx() and set(opened.models) == {"main", "small"}
     assert opened.wasm_modules == {"norm": wasm}
     m = opened.manifest
-    assert set(m.members) == {"model.enc", "models/small.enc", "wasm/norm.wasm"}
-    assert m.members["wasm/norm.wasm"].role == "wasm" and all(e.encrypted for e in m.members.values())
+    assert set(m.members) == {"model.enc", "models/small.enc", "wasm/norm.wasm", "check.bin"}
+    assert m.members["wasm/norm.wasm"].role == "wasm"
+    assert all(e.encrypted == (e.role != "check") for e in m.members.values())
     assert m.extra_models["small"].ref == "tiny:1" and m.extra_models["small"].member == "models/small.enc"
     assert m.policies["telemetry"] == {"enabled": True, "latency_window": 16}
     assert m.policies["metering"] == {"enabled": False}
@@ -289,7 +312,8 @@ def test_verify_and_inspect_need_no_device_key_and_show_no_secrets(ws, device, t
     out = tmp_path / "b.tmlb"
     build_bundle(ws, "digits:1", target="rpi-4", device_public_key=device.wrapping_public, out=out)
     verified = verify_bundle(out.read_bytes(), trusted_release_keys=[release_public_key(ws)])
-    assert verified.manifest.model.ref == "digits:1" and set(verified.members) == {"model.enc"}
+    assert verified.manifest.model.ref == "digits:1" and set(verified.members) == {"model.enc", "check.bin"}
+    assert verified.manifest.check is not None and verified.manifest.check.loaded
     shown = inspect_bundle(out)
     assert shown["key_wrap"] == {
         "mode": "device",

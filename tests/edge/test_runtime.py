@@ -3,15 +3,18 @@ in memory, the middleware chain, bad input."""
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 import textwrap
+import weakref
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tinymlops.bundle.builder import build_bundle
+from tinymlops.bundle.reader import run_check
 from tinymlops.bundle.workspace_keys import release_public_key
 from tinymlops.crypto.keys import DeviceKeys
 from tinymlops.edge.backends import open_backend
@@ -78,6 +81,58 @@ def test_wrong_input_and_wrong_device_are_refused(registered, digits_model, tmp_
     with pytest.raises(InputMismatchError):
         runtime.predict(np.zeros((1, 64), np.float32))
     assert runtime.predict(digits_model.x_test[:1]).outputs  # still works afterwards
+
+
+def test_the_runtime_carries_the_check_vector_and_opens_one_session_per_model(
+    registered, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Runtime.open`` creates each model's session once, from bytes, and does not run the smoke
+    test itself; the manifest it keeps has the verified check vector for whoever runs it."""
+    import onnxruntime as ort
+
+    ws = registered
+    device = DeviceKeys.generate()
+    out = tmp_path / "b.tmlb"
+    build_bundle(ws, "digits:1", target="x86-edge-server", device_public_key=device.wrapping_public, out=out)
+    created: list[type] = []
+    real = ort.InferenceSession
+
+    class Counting(real):  # type: ignore[misc,valid-type]
+        def __init__(self, path_or_bytes: object, *args: object, **kwargs: object) -> None:
+            created.append(type(path_or_bytes))
+            super().__init__(path_or_bytes, *args, **kwargs)
+
+        def run(self, *args: object, **kwargs: object) -> object:
+            raise AssertionError("Runtime.open ran the model")
+
+    monkeypatch.setattr(ort, "InferenceSession", Counting)
+    runtime = Runtime.open(out, device, [release_public_key(ws)])
+    assert created == [bytes]
+    monkeypatch.setattr(ort, "InferenceSession", real)
+    check = runtime.manifest.check
+    assert check is not None and check.loaded
+    direct = open_backend(ws.registry.read_bytes(ws.registry.resolve("digits:1")))
+    assert run_check(runtime.manifest, direct).passed
+
+
+def test_a_dropped_runtime_frees_its_session_and_plaintext_without_the_cycle_collector(
+    registered, tmp_path: Path
+) -> None:
+    ws = registered
+    device = DeviceKeys.generate()
+    out = tmp_path / "b.tmlb"
+    build_bundle(ws, "digits:1", target="x86-edge-server", device_public_key=device.wrapping_public, out=out)
+    gc.collect()
+    gc.disable()
+    try:
+        runtime = Runtime.open(out, device, [release_public_key(ws)], extra_middleware=[lambda r, nxt: nxt(r)])
+        assert runtime.predict(np.zeros((1, 1, 8, 8), np.float32)).outputs
+        backend = weakref.ref(runtime.backends["main"])
+        session = weakref.ref(runtime.backends["main"].session)
+        del runtime
+        assert backend() is None and session() is None  # freed by reference counting alone
+    finally:
+        gc.enable()
 
 
 def test_policy_the_runtime_does_not_implement_is_refused(registered, tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ issue), and a pipeline that does not validate against the bundled models and Web
 modules (:class:`PipelineError`). It then
 
 1. runs the plaintext model once on fixed inputs (the model's registered eval set's first rows,
-   else generated inputs with seed 0) and records inputs and outputs as the ``check`` vector;
+   else generated inputs with seed 0) and records inputs and outputs as the ``check`` vector
+   (shapes in the manifest, the tensors' bytes in the plain member ``check.bin``);
 2. encrypts every payload member with one fresh AES-256-GCM content key (AAD = bundle id +
    member name) and wraps that key to the device's or the fleet's X25519 public key;
 3. writes the manifest as canonical JSON, signs those exact bytes with the workspace's release
@@ -326,6 +327,12 @@ def build_bundle(
     plain.update({wasm_member(n): ("wasm", b) for n, b in sorted(wasm_modules.items())})
     stored: dict[str, bytes] = {}
     members: dict[str, MemberEntry] = {}
+    if check_vector is not None:  # the check tensors' bytes: a plain member (before the models) the manifest hashes
+        check_bytes = check_vector.payload()
+        stored[check_vector.member] = check_bytes
+        members[check_vector.member] = MemberEntry(
+            sha256=hashlib.sha256(check_bytes).hexdigest(), size=len(check_bytes), role="check", encrypted=False
+        )
     for member, (role, data) in plain.items():
         nonce, ciphertext = encrypt_member(content_key, bundle_id, member, data)
         stored[member] = ciphertext

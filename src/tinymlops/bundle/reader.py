@@ -10,6 +10,7 @@
    :class:`UnsupportedVersionError` for an unsupported major version;
 4. every payload member's size and SHA-256 against the manifest; members present but not
    listed, or listed but missing, are refused -> :class:`IntegrityError` naming the member;
+   the check vector is then bound to the (now verified) bytes of its ``check`` member;
 5. unwrap the content key with the device's (or fleet's) X25519 key -> :class:`KeyMismatchError`;
 6. decrypt each member with AES-256-GCM (AAD = bundle id + member name) -> :class:`IntegrityError`
    naming the member;
@@ -17,7 +18,9 @@
 
 Plaintext exists only in the returned :class:`OpenedBundle` (bytes in memory); nothing is
 written anywhere. :func:`verify_bundle` does steps 1–4 (a server holds no device key);
-:func:`inspect_bundle` shows a manifest without verifying it and without secrets.
+:func:`inspect_bundle` shows a manifest without verifying it and without secrets. Each step is
+also a function of its own (:func:`verify_manifest`, :func:`check_members`, :func:`content_key`,
+:func:`decrypt_members`, :func:`check_models`), which is how the runtime benchmark times them.
 
 Edge-safe: standard library, ``cryptography`` and (for the smoke check only) numpy.
 """
@@ -129,14 +132,23 @@ def check_members(manifest: BundleManifest, payload: Mapping[str, bytes]) -> Non
             raise IntegrityError(f"member '{name}' does not match its SHA-256 in the signed manifest", member=name)
 
 
-def _verify(data: bytes, trusted_release_keys: Iterable[TrustedKey]) -> VerifiedBundle:
-    members = unpack(data)
-    manifest_bytes, signature, payload = _split(members)
+def verify_manifest(
+    manifest_bytes: bytes, signature: bytes, trusted_release_keys: Iterable[TrustedKey]
+) -> tuple[BundleManifest, str]:
+    """Steps 2–3: the signature over the exact manifest bytes, and only then the strict parse.
+    Returns the manifest (its check vector not yet bound to data) and the signer's key id."""
     signer = verify_detached(
         signature, manifest_bytes, trusted_release_keys, member=SIGNATURE_MEMBER, signed_member=MANIFEST_MEMBER
     )
-    manifest = BundleManifest.from_bytes(manifest_bytes)
+    return BundleManifest.from_bytes(manifest_bytes), signer
+
+
+def _verify(data: bytes, trusted_release_keys: Iterable[TrustedKey]) -> VerifiedBundle:
+    manifest_bytes, signature, payload = _split(unpack(data))
+    manifest, signer = verify_manifest(manifest_bytes, signature, trusted_release_keys)
     check_members(manifest, payload)
+    if manifest.check is not None:  # its member's hash checked out just now
+        manifest = manifest.with_check_data(payload[manifest.check.member])
     return VerifiedBundle(manifest, signer, payload)
 
 
@@ -153,32 +165,29 @@ def _private_key(key: X25519PrivateKey | DeviceKeys) -> X25519PrivateKey:
     raise UsageError(f"open_bundle needs an X25519 private key or DeviceKeys, got {type(key).__name__}")
 
 
-def _wrapped(manifest: BundleManifest) -> WrappedKey:
+def content_key(manifest: BundleManifest, key: X25519PrivateKey | DeviceKeys) -> bytes:
+    """Step 5: unwrap the content key with the device's (or fleet's) private key."""
     kw = manifest.key_wrap
-    return WrappedKey(kw.recipient_key_id, kw.ephemeral_public, kw.salt, kw.nonce, kw.wrapped_key)
+    wrapped = WrappedKey(kw.recipient_key_id, kw.ephemeral_public, kw.salt, kw.nonce, kw.wrapped_key)
+    return unwrap_key(wrapped, _private_key(key), context=manifest.bundle_id.encode("ascii"))
 
 
-def open_bundle(
-    data_or_path: BundleSource,
-    *,
-    key: X25519PrivateKey | DeviceKeys,
-    trusted_release_keys: Iterable[TrustedKey],
-) -> OpenedBundle:
-    """Verify and decrypt a bundle in memory (see the module docstring for the order of checks)."""
-    private = _private_key(key)
-    verified = _verify(read_source(data_or_path), list(trusted_release_keys))
-    manifest = verified.manifest
-    content_key = unwrap_key(_wrapped(manifest), private, context=manifest.bundle_id.encode("ascii"))
-
+def decrypt_members(manifest: BundleManifest, payload: Mapping[str, bytes], key: bytes) -> dict[str, bytes]:
+    """Step 6: every member's plaintext (encrypted ones decrypted with the content key ``key``)."""
     plain: dict[str, bytes] = {}
     for name, entry in manifest.members.items():
-        stored = verified.members[name]
+        stored = payload[name]
         if entry.encrypted:
             assert entry.nonce is not None  # the manifest parser guarantees it
-            plain[name] = decrypt_member(content_key, manifest.bundle_id, name, entry.nonce, stored)
+            plain[name] = decrypt_member(key, manifest.bundle_id, name, entry.nonce, stored)
         else:
             plain[name] = stored
+    return plain
 
+
+def check_models(manifest: BundleManifest, plain: Mapping[str, bytes]) -> dict[str, bytes]:
+    """Step 7: each model's plaintext against the manifest's size and SHA-256; returns the
+    models by the name the pipeline calls them."""
     models: dict[str, bytes] = {}
     for model_name, model in manifest.models.items():
         data = plain[model.member]
@@ -189,6 +198,21 @@ def open_bundle(
                 member=model.member,
             )
         models[model_name] = data
+    return models
+
+
+def open_bundle(
+    data_or_path: BundleSource,
+    *,
+    key: X25519PrivateKey | DeviceKeys,
+    trusted_release_keys: Iterable[TrustedKey],
+) -> OpenedBundle:
+    """Verify and decrypt a bundle in memory (see the module docstring for the order of checks)."""
+    _private_key(key)  # a wrong kind of key is the caller's mistake: say so before reading anything
+    verified = _verify(read_source(data_or_path), list(trusted_release_keys))
+    manifest = verified.manifest
+    plain = decrypt_members(manifest, verified.members, content_key(manifest, key))
+    models = check_models(manifest, plain)
     wasm = {_wasm_name(name): plain[name] for name, entry in manifest.members.items() if entry.role == "wasm"}
     return OpenedBundle(manifest, models, wasm, verified.release_key_id)
 
@@ -228,8 +252,17 @@ class CheckResult:
 
 
 def check_arrays(check: CheckVector) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
-    """The check vector's inputs (by input name) and expected outputs as float32 arrays."""
+    """The check vector's inputs (by input name) and expected outputs as float32 arrays.
+
+    The tensors must be bound to their bytes: use the manifest :func:`verify_bundle`,
+    :func:`open_bundle` or ``Runtime.open`` returns, not one parsed on its own."""
     import numpy as np
+
+    if not check.loaded:
+        raise UsageError(
+            f"the check vector's data (member '{check.member}') is not loaded: use the manifest of a "
+            "verified bundle (verify_bundle, open_bundle, Runtime.open), not one parsed on its own"
+        )
 
     def arr(t: Any) -> np.ndarray:
         return np.frombuffer(t.data, dtype="<f4").reshape(t.shape).astype(np.float32)
@@ -267,11 +300,15 @@ __all__ = [
     "VerifiedBundle",
     "check_arrays",
     "check_members",
+    "check_models",
+    "content_key",
+    "decrypt_members",
     "inspect_bundle",
     "open_bundle",
     "read_source",
     "run_check",
     "signature_key_id",
     "verify_bundle",
+    "verify_manifest",
     "wasm_member",
 ]

@@ -13,11 +13,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tinymlops.errors import BackendError, InvalidModelError
 from tinymlops.spec.model_info import TensorSpec
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 _ORT_DTYPES = {
     "tensor(float)": "float32",
@@ -87,20 +91,35 @@ def _to_float(y: np.ndarray, spec: TensorSpec) -> np.ndarray:
     return y.astype(np.float32, copy=False)
 
 
+#: the execution providers every ONNX Runtime session here uses
+ORT_PROVIDERS = ("CPUExecutionProvider",)
+
+
+def ort_session_options(threads: int = 1) -> ort.SessionOptions:
+    """The ``onnxruntime.SessionOptions`` of every session :class:`OnnxRuntimeBackend` creates
+    (``threads`` intra-op threads, one inter-op thread, warnings and errors only; everything else,
+    graph optimization level included, at ONNX Runtime's defaults). Benchmarks build their bare
+    baseline from the same options."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise BackendError("onnxruntime is not installed (pip install 'tinymlops[edge]')") from exc
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return opts
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, model: bytes, *, threads: int = 1) -> None:
+        opts = ort_session_options(threads)
+        import onnxruntime as ort
+
         try:
-            import onnxruntime as ort
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise BackendError("onnxruntime is not installed (pip install 'tinymlops[edge]')") from exc
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(model, sess_options=opts, providers=list(ORT_PROVIDERS))
         except Exception as exc:
             raise BackendError(f"ONNX Runtime cannot load the model: {_first_line(exc)}") from exc
         self.inputs = tuple(

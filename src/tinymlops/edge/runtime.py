@@ -16,7 +16,15 @@ from typing import Any
 import numpy as np
 
 from tinymlops.edge.backends import Backend, open_backend
-from tinymlops.edge.middleware import LatencyRecorder, Middleware, Request, Response, build_chain, compose
+from tinymlops.edge.middleware import (
+    CallNext,
+    LatencyRecorder,
+    Middleware,
+    Request,
+    Response,
+    build_chain,
+    compose,
+)
 from tinymlops.errors import InputMismatchError
 
 
@@ -34,7 +42,9 @@ class Runtime:
         self.backends = dict(backends)
         self.pipeline = pipeline
         self.middleware = chain
-        self._handler = compose(chain, self._endpoint)
+        # the endpoint closes over the pipeline, not over self: no reference cycle, so a dropped
+        # runtime frees its sessions and the plaintext models they hold at once, not at the next GC
+        self._handler = compose(chain, _endpoint(pipeline))
 
     @classmethod
     def open(
@@ -50,6 +60,9 @@ class Runtime:
 
         ``device_key`` is the device's (or fleet's) X25519 private key or its key set;
         ``trusted_release_keys`` are the Ed25519 public keys whose signatures this device accepts.
+        Each model's session is created once, from the decrypted bytes; no model runs here (the
+        smoke test is the installer's: ``run_check(runtime.manifest, runtime.backends["main"])``,
+        the manifest carrying the verified check vector).
         """
         from tinymlops.bundle.reader import open_bundle
         from tinymlops.pipeline import build_pipeline
@@ -66,10 +79,6 @@ class Runtime:
         del opened  # drop our reference to the plaintext bytes as early as we can
         return cls(manifest, backends, pipeline, chain)
 
-    def _endpoint(self, request: Request) -> Response:
-        result = self.pipeline.run(request.inputs)
-        return Response(outputs=result.outputs, models_called=tuple(result.models_called))
-
     def predict(self, x: np.ndarray, **metadata: Any) -> Response:
         """Run one prediction through the middleware chain and the pipeline."""
         if not isinstance(x, np.ndarray):
@@ -83,3 +92,13 @@ class Runtime:
     def latency(self) -> LatencyRecorder | None:
         """The latency recorder, when the manifest enables it."""
         return next((m for m in self.middleware if isinstance(m, LatencyRecorder)), None)
+
+
+def _endpoint(pipeline: Any) -> CallNext:
+    run = pipeline.run
+
+    def endpoint(request: Request) -> Response:
+        result = run(request.inputs)
+        return Response(outputs=result.outputs, models_called=tuple(result.models_called))
+
+    return endpoint

@@ -8,10 +8,10 @@ level, as python-tuf does), so an older device can still verify and use a newer 
 Only an unsupported *major* ``spec_version`` is refused (:class:`UnsupportedVersionError`).
 Known fields are parsed strictly: a wrong type or value is a :class:`SpecError` naming it.
 
-Layout (``spec_version`` "1.0")::
+Layout (``spec_version`` "2.0")::
 
     {
-      "spec_version": "1.0",
+      "spec_version": "2.0",
       "bundle_id": "<32 hex: random 128 bits>",
       "created_at": "2024-05-01T12:00:00+00:00",
       "target": "<device profile name>",
@@ -20,16 +20,28 @@ Layout (``spec_version`` "1.0")::
       "extra_models": {"<name>": {same fields, "member": "models/<name>.enc"}},   # cascades
       "lineage": [{"ref", "sha256", "recipe": {...} | null}, ...],                 # base first
       "pipeline": {...} | null,                                                   # PipelineSpec dict
-      "members": {"<member>": {"sha256" (stored bytes), "size", "role": "model"|"wasm"|...,
+      "members": {"<member>": {"sha256" (stored bytes), "size", "role": "model"|"wasm"|"check",
                                "encrypted": bool, "nonce": "<base64>" | null}},
       "policies": {"metering": {...}, "telemetry": {...}, "guard": {...}, "proof": {...}},
       "key_wrap": {"mode": "device"|"fleet", "recipient_key_id", "ephemeral_public", "salt",
                    "nonce", "wrapped_key"},                                       # base64 bytes
-      "check": {"inputs": [tensor], "outputs": [tensor], "atol", "rtol"} | null
+      "check": {"member": "check.bin", "inputs": [tensor], "outputs": [tensor], "atol", "rtol"} | null
     }
 
-where a check tensor is ``{"name", "shape": [ints], "dtype": "float32", "data": "<base64 LE>"}``:
-a smoke-test vector computed at build time by running the plaintext model on fixed inputs.
+where a check tensor is ``{"name", "shape": [ints], "dtype": "float32"}``: a smoke-test vector
+computed at build time by running the plaintext model on fixed inputs. Its *data* is not in the
+manifest: it is the payload member ``check.member`` (role ``"check"``, not encrypted), the
+tensors' little-endian bytes back to back (inputs, then outputs, in the listed order), and the
+manifest lists that member's SHA-256 and size like any other's. So the signed document stays
+small whatever the model's input size (the signature, the JSON parser and base64 never touch
+the bulk; one SHA-256 does), and the parser can still refuse a check vector whose shapes do not
+add up to the member's size. A manifest parsed on its own (:meth:`BundleManifest.from_bytes`)
+has the tensors' shapes but no data; the bundle reader binds the verified member bytes to it
+(:meth:`BundleManifest.with_check_data`), so the manifest that ``verify_bundle``, ``open_bundle``
+and ``Runtime.open`` return carries the whole check vector.
+
+Version history: "1.0" carried the check tensors inline as base64 (``"data"``); "2.0" moved
+them into the ``check`` member. The change is incompatible for a 1.x reader, hence the new major.
 
 Standard library only.
 """
@@ -42,28 +54,31 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from tinymlops.errors import SpecError
+from tinymlops.errors import IntegrityError, SpecError, UsageError
 from tinymlops.spec._parse import check_version, get_bool, get_choice, get_int, get_number, get_str
 
-MANIFEST_SPEC_MAJOR = 1
-MANIFEST_SPEC_VERSION = "1.0"
+MANIFEST_SPEC_MAJOR = 2
+MANIFEST_SPEC_VERSION = "2.0"
 #: the manifest's member name in a bundle, and its detached signature's
 MANIFEST_MEMBER = "manifest.json"
 SIGNATURE_MEMBER = "manifest.sig"
 #: the pipeline calls the bundle's main model by this name; extra (cascade) models by their own
 MAIN_MODEL = "main"
 MAIN_MODEL_MEMBER = "model.enc"
-MEMBER_ROLES = ("model", "wasm")
+#: the member holding the check vector's tensor bytes
+CHECK_MEMBER = "check.bin"
+MEMBER_ROLES = ("model", "wasm", "check")
 KEY_WRAP_MODES = ("device", "fleet")
 POLICY_NAMES = ("metering", "telemetry", "guard", "proof")
 MODEL_FORMATS = ("onnx", "tflite")
 MODEL_BACKENDS = ("onnxruntime", "litert")
 CHECK_DTYPES = ("float32",)
-#: largest manifest accepted (the check vector is the only part that grows with the model)
+_DTYPE_BYTES = {"float32": 4}
+#: largest manifest accepted (bulk data lives in members; a manifest is a few kilobytes)
 MAX_MANIFEST_BYTES = 16 * 2**20
 
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -164,6 +179,31 @@ def check_member_name(name: str, doc: str = "manifest") -> str:
         if not _MEMBER_SEGMENT.match(seg) or seg in (".", ".."):
             raise SpecError(f"{doc}: bad member name {name!r} (segments of letters, digits, '_', '.', '-')")
     return name
+
+
+def _check_member(doc: str, check: CheckVector | None, members: Mapping[str, MemberEntry]) -> None:
+    """The check vector's member is listed, plain, of role "check" and exactly its tensors' size;
+    no other member has that role."""
+    stray = [name for name, m in members.items() if m.role == "check" and (check is None or name != check.member)]
+    if check is None:
+        if stray:
+            raise SpecError(f"{doc}: member '{stray[0]}' has role 'check' but the manifest has no check vector")
+        return
+    entry = members.get(check.member)
+    if entry is None:
+        raise SpecError(f"{doc}: the check vector is stored in member '{check.member}', which is not listed")
+    if entry.role != "check":
+        raise SpecError(f"{doc}: check vector member '{check.member}' has role '{entry.role}', not 'check'")
+    if entry.encrypted:
+        raise SpecError(f"{doc}: check vector member '{check.member}' must not be encrypted")
+    if entry.size != check.nbytes:
+        shapes = ", ".join(f"{t.name} {list(t.shape)}" for t in check.tensors)
+        raise SpecError(
+            f"{doc}: check vector member '{check.member}' is {entry.size} bytes, but its tensors "
+            f"({shapes}) need {check.nbytes}"
+        )
+    if stray:
+        raise SpecError(f"{doc}: member '{stray[0]}' has role 'check' but is not the check vector's member")
 
 
 # --- parts ---------------------------------------------------------------------------------
@@ -350,15 +390,25 @@ class KeyWrap:
 
 @dataclass(frozen=True)
 class CheckTensor:
-    """A float32 tensor stored as little-endian bytes (base64 in JSON)."""
+    """One tensor of the check vector: its name, shape and dtype, and (once bound to the bundle's
+    ``check`` member) its little-endian bytes in :attr:`data`. ``data`` is not part of the
+    manifest document, so it takes no part in equality."""
 
-    _FIELDS = ("name", "shape", "dtype", "data")
+    _FIELDS = ("name", "shape", "dtype")
 
     name: str
     shape: tuple[int, ...]
-    data: bytes
+    data: bytes | None = field(default=None, compare=False, repr=False)
     dtype: str = "float32"
     unrecognized: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def nbytes(self) -> int:
+        """The size of the tensor's data: its element count times the dtype's size."""
+        size = _DTYPE_BYTES.get(self.dtype)
+        if size is None:
+            raise UsageError(f"check tensor '{self.name}': dtype must be one of {', '.join(CHECK_DTYPES)}")
+        return size * math.prod(self.shape)
 
     @classmethod
     def from_dict(cls, data: Any, doc: str = "manifest check tensor") -> CheckTensor:
@@ -369,41 +419,48 @@ class CheckTensor:
             isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
         ):
             raise SpecError(f"{doc}: 'shape' must be a list of non-negative integers, got {shape!r}")
-        dtype = get_choice(doc, data, "dtype", CHECK_DTYPES)
-        raw = _b64(doc, data, "data")
-        want = 4 * math.prod(shape)
-        if len(raw) != want:
-            raise SpecError(f"{doc}: 'data' holds {len(raw)} bytes; shape {shape} of {dtype} needs {want}")
         return cls(
             name=get_str(doc, data, "name"),
             shape=tuple(shape),
-            data=raw,
-            dtype=dtype,
+            dtype=get_choice(doc, data, "dtype", CHECK_DTYPES),
             unrecognized=_unrecognized(data, cls._FIELDS),
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            **self.unrecognized,
-            "name": self.name,
-            "shape": list(self.shape),
-            "dtype": self.dtype,
-            "data": _enc(self.data),
-        }
+        return {**self.unrecognized, "name": self.name, "shape": list(self.shape), "dtype": self.dtype}
 
 
 @dataclass(frozen=True)
 class CheckVector:
     """A smoke test: the plaintext model's outputs for fixed inputs, computed at build time.
-    A device passes it when ``|got - expected| <= atol + rtol * |expected|`` everywhere."""
+    A device passes it when ``|got - expected| <= atol + rtol * |expected|`` everywhere.
 
-    _FIELDS = ("inputs", "outputs", "atol", "rtol")
+    The tensors' bytes travel in the bundle member :attr:`member` (see the module docstring);
+    :attr:`loaded` tells whether they are bound to this object."""
+
+    _FIELDS = ("member", "inputs", "outputs", "atol", "rtol")
 
     inputs: tuple[CheckTensor, ...]
     outputs: tuple[CheckTensor, ...]
     atol: float
     rtol: float
+    member: str = CHECK_MEMBER
     unrecognized: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def tensors(self) -> tuple[CheckTensor, ...]:
+        """Inputs then outputs: the order of their bytes in the member."""
+        return self.inputs + self.outputs
+
+    @property
+    def nbytes(self) -> int:
+        """The size the ``check`` member must have."""
+        return sum(t.nbytes for t in self.tensors)
+
+    @property
+    def loaded(self) -> bool:
+        """Whether every tensor's bytes are bound (a manifest from a verified bundle: yes)."""
+        return all(t.data is not None for t in self.tensors)
 
     @classmethod
     def from_dict(cls, data: Any, doc: str = "manifest check") -> CheckVector:
@@ -417,17 +474,45 @@ class CheckVector:
             outputs=tuple(CheckTensor.from_dict(t, f"{doc} output") for t in outs),
             atol=get_number(doc, data, "atol", minimum=0.0),
             rtol=get_number(doc, data, "rtol", minimum=0.0),
+            member=check_member_name(get_str(doc, data, "member"), doc),
             unrecognized=_unrecognized(data, cls._FIELDS),
         )
 
     def to_dict(self) -> dict[str, Any]:
         return {
             **self.unrecognized,
+            "member": self.member,
             "inputs": [t.to_dict() for t in self.inputs],
             "outputs": [t.to_dict() for t in self.outputs],
             "atol": self.atol,
             "rtol": self.rtol,
         }
+
+    def payload(self) -> bytes:
+        """The ``check`` member's bytes: every tensor's data back to back (what a builder stores)."""
+        parts = []
+        for t in self.tensors:
+            if t.data is None or len(t.data) != t.nbytes:
+                got = "no data" if t.data is None else f"{len(t.data)} bytes"
+                raise UsageError(
+                    f"check tensor '{t.name}' {list(t.shape)} of {t.dtype} needs {t.nbytes} bytes, has {got}"
+                )
+            parts.append(bytes(t.data))
+        return b"".join(parts)
+
+    def bind(self, payload: bytes) -> CheckVector:
+        """A copy whose tensors carry their slices of ``payload`` (the verified ``check`` member)."""
+        if len(payload) != self.nbytes:
+            raise IntegrityError(
+                f"check member '{self.member}' holds {len(payload)} bytes; the check tensors need {self.nbytes}",
+                member=self.member,
+            )
+        pos, bound = 0, []
+        for t in self.tensors:
+            bound.append(CheckTensor(t.name, t.shape, bytes(payload[pos : pos + t.nbytes]), t.dtype, t.unrecognized))
+            pos += t.nbytes
+        n = len(self.inputs)
+        return CheckVector(tuple(bound[:n]), tuple(bound[n:]), self.atol, self.rtol, self.member, self.unrecognized)
 
 
 def default_policies() -> dict[str, dict[str, Any]]:
@@ -522,7 +607,9 @@ class BundleManifest:
             if not isinstance(table, Mapping):
                 raise SpecError(f"{doc}: policy '{name}' must be a table, got {type(table).__name__}")
             policies[name] = dict(table)
-        check = data.get("check")
+        check_data = data.get("check")
+        check = None if check_data is None else CheckVector.from_dict(check_data, f"{doc} check")
+        _check_member(doc, check, members)
         return cls(
             spec_version=version,
             bundle_id=bundle_id,
@@ -535,7 +622,7 @@ class BundleManifest:
             members=members,
             policies=policies,
             key_wrap=KeyWrap.from_dict(data.get("key_wrap"), f"{doc} key_wrap"),
-            check=None if check is None else CheckVector.from_dict(check, f"{doc} check"),
+            check=check,
             unrecognized=_unrecognized(data, _TOP_FIELDS),
             raw=raw,
         )
@@ -572,12 +659,19 @@ class BundleManifest:
         """Every model by the name the pipeline calls it: ``"main"`` first, then the extras."""
         return {MAIN_MODEL: self.model, **dict(self.extra_models)}
 
+    def with_check_data(self, payload: bytes) -> BundleManifest:
+        """This manifest with the check vector bound to ``payload``, the bytes of its (verified)
+        ``check`` member; the reader does this after checking every member's hash."""
+        if self.check is None:
+            raise UsageError("this manifest has no check vector to bind data to")
+        return replace(self, check=self.check.bind(payload))
+
     def members_of_role(self, role: str) -> dict[str, MemberEntry]:
         return {name: m for name, m in self.members.items() if m.role == role}
 
     def public_dict(self) -> dict[str, Any]:
-        """The manifest without secrets or bulk: the key wrap as its mode, recipient and size;
-        member nonces and check-vector data left out."""
+        """The manifest without secrets: the key wrap as its mode, recipient and size; member
+        nonces left out (the check vector's data is never in the manifest)."""
         out = self.to_dict()
         out["key_wrap"] = self.key_wrap.public_summary()
         out["members"] = {
@@ -585,6 +679,7 @@ class BundleManifest:
         }
         if self.check is not None:
             out["check"] = {
+                "member": self.check.member,
                 "inputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in self.check.inputs],
                 "outputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in self.check.outputs],
                 "atol": self.check.atol,
@@ -594,6 +689,7 @@ class BundleManifest:
 
 
 __all__ = [
+    "CHECK_MEMBER",
     "KEY_WRAP_MODES",
     "MAIN_MODEL",
     "MAIN_MODEL_MEMBER",
