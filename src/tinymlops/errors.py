@@ -66,6 +66,11 @@ class ModelRefError(UsageError):
     """A model reference string (``NAME[:VERSION][/VARIANT...]``) is malformed."""
 
 
+class MissingKeyError(UsageError):
+    """An operation needs a signing key that is not here (e.g. the update repository's root key,
+    kept offline). ``role`` and ``key_id`` name the key; ``path`` says where it was looked for."""
+
+
 class SlotTransitionError(UsageError):
     """The device agent asked its A/B slot state machine for a transition that is not legal now
     (staging while an install is pending, committing a bundle that was not smoke-tested, …)."""
@@ -111,6 +116,20 @@ class IntegrityError(InvalidInputError):
 
 class SignatureError(IntegrityError):
     """A signature does not verify, or was made by a key that is not trusted."""
+
+
+class UpdateRefusedError(IntegrityError):
+    """The update repository served metadata or a file that failed TUF verification.
+
+    ``attack`` names what was detected (``rollback``, ``freeze``, ``mix-and-match``,
+    ``arbitrary-package``, ``endless-data``, ``untrusted-signature``, ``malformed-metadata``,
+    ``invalid-metadata``); ``member`` names the metadata file or target that was refused. The
+    device's trusted metadata is left as it was before the refused update.
+    """
+
+    def __init__(self, message: str, *, attack: str, member: str | None = None, **details: object) -> None:
+        super().__init__(message, member=member, attack=attack, **details)
+        self.attack = attack
 
 
 class KeyMismatchError(InvalidInputError):
@@ -162,6 +181,11 @@ class UpdateSourceError(OperationError):
     unreadable offer directory); the agent backs off and tries again."""
 
 
+class UpdateError(UpdateSourceError):
+    """The TUF update client could not complete a check or download: the repository could not be
+    reached, answered with an HTTP error, or the device's local metadata cache could not be written."""
+
+
 __all__ = [
     "AgentStateError",
     "BackendError",
@@ -174,6 +198,7 @@ __all__ = [
     "InvalidInputError",
     "InvalidModelError",
     "KeyMismatchError",
+    "MissingKeyError",
     "ModelNotFoundError",
     "ModelRefError",
     "NotFoundError",
@@ -189,6 +214,8 @@ __all__ = [
     "TargetNotFoundError",
     "TinyMLOpsError",
     "UnsupportedVersionError",
+    "UpdateError",
+    "UpdateRefusedError",
     "UpdateSourceError",
     "UsageError",
     "WorkspaceError",

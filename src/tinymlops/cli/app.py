@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from tinymlops.cli import bundle, dataset, demo, init, keys, model, recipe, select, target
+from tinymlops.cli import bundle, dataset, demo, init, keys, model, recipe, repo, select, target
 from tinymlops.cli.output import err_console
 from tinymlops.errors import TinyMLOpsError
 
@@ -28,6 +28,7 @@ app.add_typer(target.app, name="target")
 app.add_typer(recipe.app, name="recipe")
 app.add_typer(keys.app, name="keys")
 app.add_typer(bundle.app, name="bundle")
+app.add_typer(repo.app, name="repo")
 
 
 def main() -> None:
