@@ -28,6 +28,7 @@ BENCHMARKS = {
     "registry_scale": "bench_registry_scale",
     "derivation": "bench_derivation",
     "runtime": "bench_runtime",
+    "device_auth": "bench_device_auth",
     "update_repo": "bench_update_repo",
 }
 

@@ -145,6 +145,38 @@ class InputMismatchError(UsageError):
     """A prediction input has the wrong shape or dtype for the model."""
 
 
+# --- requests to the control plane (the server maps these to HTTP status codes) -----------
+class AuthenticationError(InvalidInputError):
+    """A request does not prove who sent it: credentials missing, malformed, unknown, expired or
+    revoked (HTTP 401)."""
+
+
+class RequestSignatureError(AuthenticationError, SignatureError):
+    """A device request's signature does not verify over what was received (HTTP 401)."""
+
+
+class StaleRequestError(AuthenticationError):
+    """A signed request's timestamp is outside the accepted clock window (HTTP 401)."""
+
+
+class ReplayedRequestError(AuthenticationError):
+    """A signed request reuses a nonce the server has already seen (HTTP 401)."""
+
+
+class PayloadTooLargeError(InvalidInputError):
+    """A request body is larger than the server accepts (HTTP 413)."""
+
+
+class AccessDeniedError(UsageError):
+    """The caller is known but its credentials do not allow this: a scope too small, or a
+    device asking for another device's resource (HTTP 403)."""
+
+
+class ConflictError(UsageError):
+    """The request conflicts with the current state: an enrolment token already used, a device
+    already enrolled (HTTP 409)."""
+
+
 # --- well-formed requests that failed -----------------------------------------------------
 class OperationError(TinyMLOpsError):
     """A well-formed operation that could not be completed."""
@@ -176,6 +208,20 @@ class StoreError(OperationError):
     """The metadata or blob store failed (I/O error, integrity failure)."""
 
 
+class ServerRequestError(OperationError):
+    """The control-plane server refused or failed a device's request; ``status`` is the HTTP
+    status and ``error_type`` the server's error type (``AuthenticationError``, …)."""
+
+    def __init__(self, message: str, *, status: int, error_type: str = "", **details: object) -> None:
+        super().__init__(message, status=status, error_type=error_type, **details)
+        self.status = status
+        self.error_type = error_type
+
+
+class ServerUnreachableError(ServerRequestError):
+    """The control-plane server could not be reached (connection refused, timeout, DNS)."""
+
+
 class UpdateSourceError(OperationError):
     """The device agent's update source could not be checked or fetched from (unreachable server,
     unreadable offer directory); the agent backs off and tries again."""
@@ -187,9 +233,12 @@ class UpdateError(UpdateSourceError):
 
 
 __all__ = [
+    "AccessDeniedError",
     "AgentStateError",
+    "AuthenticationError",
     "BackendError",
     "ConfigError",
+    "ConflictError",
     "ConversionMismatchError",
     "IncompatibleError",
     "InputMismatchError",
@@ -203,13 +252,19 @@ __all__ = [
     "ModelRefError",
     "NotFoundError",
     "OperationError",
+    "PayloadTooLargeError",
     "PipelineError",
     "RecipeError",
     "RecipeNotFoundError",
+    "ReplayedRequestError",
+    "RequestSignatureError",
+    "ServerRequestError",
+    "ServerUnreachableError",
     "SignatureError",
     "SlotTransitionError",
     "SpecError",
     "StageError",
+    "StaleRequestError",
     "StoreError",
     "TargetNotFoundError",
     "TinyMLOpsError",

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from tinymlops.cli import bundle, dataset, demo, init, keys, model, recipe, repo, select, target
+from tinymlops.cli import apikey, bundle, dataset, demo, device, init, keys, model, recipe, repo, select, serve, target
 from tinymlops.cli.output import err_console
 from tinymlops.errors import TinyMLOpsError
 
@@ -22,6 +22,7 @@ app = typer.Typer(
 app.command("init")(init.init_workspace)
 app.command("select")(select.select_cmd)
 app.command("demo")(demo.demo_cmd)
+app.command("serve")(serve.serve_cmd)
 app.add_typer(model.app, name="model")
 app.add_typer(dataset.app, name="dataset")
 app.add_typer(target.app, name="target")
@@ -29,6 +30,8 @@ app.add_typer(recipe.app, name="recipe")
 app.add_typer(keys.app, name="keys")
 app.add_typer(bundle.app, name="bundle")
 app.add_typer(repo.app, name="repo")
+app.add_typer(apikey.app, name="apikey")
+app.add_typer(device.app, name="device")
 
 
 def main() -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from alembic import context
 
+# the tables of other packages join the one metadata (and so the one migration history)
+import tinymlops.access.schema
+import tinymlops.devices.schema  # noqa: F401
 from tinymlops.registry.schema import Base
 
 connection = context.config.attributes["connection"]
