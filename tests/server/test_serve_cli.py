@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -76,8 +77,24 @@ class Served:
             time.sleep(0.05)
 
     def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
+
+
+@pytest.fixture
+def serve(ws: Path, tmp_path: Path) -> Iterator[Callable[..., Served]]:
+    """Start ``tinymlops serve`` processes; any still running when the test ends is killed."""
+    started: list[Served] = []
+
+    def start(port: int = 0) -> Served:
+        served = Served(ws, tmp_path / f"serve{len(started)}.log", port)
+        started.append(served)
+        return served
+
+    yield start
+    for served in started:
+        served.kill()
 
 
 @pytest.fixture
@@ -89,7 +106,7 @@ def ws(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_sigkill_and_restart_lose_nothing(ws: Path, tmp_path: Path) -> None:
+def test_sigkill_and_restart_lose_nothing(ws: Path, serve: Callable[..., Served]) -> None:
     admin = json.loads(cli(ws, "apikey", "create", "--scope", "admin", "--name", "ops", "--json").stdout)
     token = json.loads(
         cli(ws, "device", "token", "create", "--profile", "rpi-4", "--ttl", "10m", "--tag", "eu", "--json").stdout
@@ -98,7 +115,7 @@ def test_sigkill_and_restart_lose_nothing(ws: Path, tmp_path: Path) -> None:
     listed = in_process(ws, "apikey", "list", "--json")
     assert admin["key"] not in listed and admin["id"] in listed
 
-    served = Served(ws, tmp_path / "serve1.log")
+    served = serve()
     keys = DeviceKeys.generate()
     device = DeviceClient(served.url, keys)
     assert device.enrol(token["token"], "rpi-4").tags == ("eu",)
@@ -112,7 +129,7 @@ def test_sigkill_and_restart_lose_nothing(ws: Path, tmp_path: Path) -> None:
     served.kill()
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{served.url}/healthz", timeout=2)
-    again = Served(ws, tmp_path / "serve2.log", port=served.port)
+    again = serve(port=served.port)
 
     assert device.me()["id"] == keys.device_id  # the device carries on: signed requests...
     assert device.get_json("/v1/devices/me", auth="bearer")["tags"] == ["eu"]  # ...and its bearer token
@@ -128,7 +145,6 @@ def test_sigkill_and_restart_lose_nothing(ws: Path, tmp_path: Path) -> None:
     assert [(d["id"], d["status"]) for d in devices] == [(keys.device_id, "active")]
     in_process(ws, "device", "revoke", keys.device_id)
     assert device.request("GET", "/v1/devices/me", check=False).status == 401  # the CLI acts on the live state
-    again.kill()
 
 
 def in_process(ws: Path, *args: str) -> str:
