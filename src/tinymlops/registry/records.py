@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from functools import cached_property
@@ -13,7 +14,7 @@ from tinymlops.spec.model_info import ModelInfo
 from tinymlops.spec.recipe import RecipeSpec
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ArtifactRecord:
     id: int
     model: str
@@ -29,6 +30,15 @@ class ArtifactRecord:
     source: str
     tags: tuple[str, ...]
     created_at: datetime
+
+    def __eq__(self, other: object) -> bool:
+        """Field by field, whichever way the record was loaded (looked up or listed)."""
+        if not isinstance(other, ArtifactRecord):
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in _ARTIFACT_FIELDS)
+
+    def __hash__(self) -> int:
+        return hash((self.id, self.sha256))
 
     @classmethod
     def from_values(cls, *values: Any) -> ArtifactRecord:
@@ -87,6 +97,41 @@ class ArtifactRecord:
 
 
 _ARTIFACT_FIELDS = tuple(f.name for f in fields(ArtifactRecord))
+_LISTED_FIELDS = tuple(f for f in _ARTIFACT_FIELDS if f not in ("info_json", "recipe_json"))
+
+
+class JsonBatch:
+    """The info/recipe JSON of one listing's artifacts, fetched in ONE query the first time any
+    of them is read (a listing of 10,000 variants moves ~10 MB of JSON it may never need)."""
+
+    def __init__(self, fetch: Callable[[], dict[int, tuple[str, str | None]]]) -> None:
+        self._fetch = fetch
+        self._data: dict[int, tuple[str, str | None]] | None = None
+
+    def get(self, artifact_id: int) -> tuple[str, str | None]:
+        if self._data is None:
+            self._data = self._fetch()
+        return self._data[artifact_id]
+
+
+class ListedArtifactRecord(ArtifactRecord):
+    """An :class:`ArtifactRecord` from a listing: ``info_json``/``recipe_json`` come from the
+    listing's :class:`JsonBatch` on first use; everything else is the same."""
+
+    @property  # type: ignore[override]
+    def info_json(self) -> str:
+        return self._batch.get(self.id)[0]  # type: ignore[attr-defined,no-any-return]
+
+    @property  # type: ignore[override]
+    def recipe_json(self) -> str | None:
+        return self._batch.get(self.id)[1]  # type: ignore[attr-defined,no-any-return]
+
+    @classmethod
+    def listed(cls, batch: JsonBatch, *values: Any) -> ListedArtifactRecord:
+        record = object.__new__(cls)
+        record.__dict__.update(zip(_LISTED_FIELDS, values, strict=True))
+        record.__dict__["_batch"] = batch
+        return record
 
 
 @dataclass(frozen=True)

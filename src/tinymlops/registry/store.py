@@ -28,7 +28,9 @@ from tinymlops.registry.records import (
     DatasetRecord,
     DerivationRecord,
     EvaluationRecord,
+    JsonBatch,
     LineageNode,
+    ListedArtifactRecord,
     ModelSummary,
 )
 from tinymlops.registry.refs import NAME, SEGMENT, ModelRef, parse_ref
@@ -54,6 +56,9 @@ _ARTIFACT_COLUMNS = (
     type_coerce(ArtifactRow.created_at, String),
 )
 
+
+#: a listing leaves the JSON out (see JsonBatch)
+_LISTED_COLUMNS = tuple(c for i, c in enumerate(_ARTIFACT_COLUMNS) if i not in (8, 9))
 
 _DERIVATION_COLUMNS = (
     DerivationRow.id,
@@ -84,6 +89,18 @@ def _artifact(row: Sequence[Any], tags_cache: dict[str | None, tuple[str, ...]] 
     return ArtifactRecord.from_values(
         row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10], row[11], tags,
         _timestamp(row[13]),
+    )  # fmt: skip
+
+
+def _listed(row: Sequence[Any], batch: JsonBatch, tags_cache: dict[str | None, tuple[str, ...]]) -> ArtifactRecord:
+    """A record from one ``_LISTED_COLUMNS`` row; its JSON comes from ``batch`` when read."""
+    tags_text = row[10]
+    tags = tags_cache.get(tags_text)
+    if tags is None:
+        tags = tags_cache[tags_text] = tuple(json.loads(tags_text)) if tags_text else ()
+    return ListedArtifactRecord.listed(
+        batch, row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], tags,
+        _timestamp(row[11]),
     )  # fmt: skip
 
 
@@ -380,17 +397,27 @@ class Registry:
         return out
 
     def artifacts(self, name: str, version: int | None = None) -> list[ArtifactRecord]:
-        """Every artifact of a model (optionally one version), base versions first."""
+        """Every artifact of a model (optionally one version), base versions first.
+
+        The records' info and recipe JSON are fetched for the whole listing in one query the
+        first time any record's ``info``/``recipe`` is read."""
         with self.engine.connect() as conn:
             model_id = conn.scalar(select(ModelRow.id).where(ModelRow.name == name))
             if model_id is None:
                 raise ModelNotFoundError(f"no model named '{name}' in this workspace", model=name)
-            q = select(*_ARTIFACT_COLUMNS).join(ModelRow).where(ArtifactRow.model_id == model_id)
+            where = [ArtifactRow.model_id == model_id]
             if version is not None:
-                q = q.where(ArtifactRow.version == version)
-            rows = conn.execute(q).all()
+                where.append(ArtifactRow.version == version)
+            rows = conn.execute(select(*_LISTED_COLUMNS).join(ModelRow).where(*where)).all()
+
+        def fetch() -> dict[int, tuple[str, str | None]]:
+            q = select(ArtifactRow.id, cast(ArtifactRow.info, Text), cast(ArtifactRow.recipe, Text)).where(*where)
+            with self.engine.connect() as conn:
+                return {aid: (info, recipe) for aid, info, recipe in conn.execute(q)}
+
+        batch = JsonBatch(fetch)
         cache: dict[str | None, tuple[str, ...]] = {}
-        return [_artifact(r, cache) for r in rows]
+        return [_listed(r, batch, cache) for r in rows]
 
     def derivations(self, name: str, version: int | None = None) -> list[DerivationRecord]:
         with self.engine.connect() as conn:
