@@ -2,7 +2,8 @@
 # Install (if needed) and start a private PostgreSQL server for the tests, on 127.0.0.1.
 # Prints the SQLAlchemy URL on stdout. Usage: scripts/postgres.sh [start|stop]
 set -euo pipefail
-PGPORT="${TINYMLOPS_PG_PORT:-54329}"
+# below the kernel's ephemeral range (32768-60999), so no outgoing or port-0 socket can hold it
+PGPORT="${TINYMLOPS_PG_PORT:-25432}"
 PGDATA="${TINYMLOPS_PG_DATA:-/tmp/tinymlops-pg-$PGPORT}"
 action="${1:-start}"
 
