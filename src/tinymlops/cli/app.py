@@ -7,7 +7,23 @@ import sys
 
 import typer
 
-from tinymlops.cli import apikey, bundle, dataset, demo, device, init, keys, model, recipe, repo, select, serve, target
+from tinymlops.cli import (
+    agent,
+    apikey,
+    bundle,
+    dataset,
+    demo,
+    device,
+    init,
+    keys,
+    model,
+    recipe,
+    release,
+    repo,
+    select,
+    serve,
+    target,
+)
 from tinymlops.cli.output import err_console
 from tinymlops.errors import TinyMLOpsError
 
@@ -32,6 +48,8 @@ app.add_typer(bundle.app, name="bundle")
 app.add_typer(repo.app, name="repo")
 app.add_typer(apikey.app, name="apikey")
 app.add_typer(device.app, name="device")
+app.add_typer(release.app, name="release")
+app.add_typer(agent.app, name="agent")
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from fastapi import Depends, FastAPI
 
@@ -15,10 +16,11 @@ from tinymlops import __version__
 from tinymlops.access.service import ApiKeyService
 from tinymlops.devices.enrolment import EnrolmentService
 from tinymlops.devices.service import DeviceService
+from tinymlops.release.service import ReleaseService
 from tinymlops.server.body_limit import BodyLimitMiddleware
 from tinymlops.server.deps import Services, reject_unknown_query
 from tinymlops.server.error_responses import install_error_handlers
-from tinymlops.server.routers import admin, devices, health, models
+from tinymlops.server.routers import admin, devices, health, models, releases, updates
 from tinymlops.server.settings import ServerSettings
 from tinymlops.workspace import Workspace
 
@@ -33,7 +35,7 @@ def create_app(
     app = FastAPI(
         title="tinymlops control plane",
         version=__version__,
-        description="Models, devices and admin access of one tinymlops workspace.",
+        description="Models, devices, releases, the update repository and admin access of one tinymlops workspace.",
         openapi_url="/openapi.json",
         docs_url="/docs",
         redoc_url=None,
@@ -49,6 +51,7 @@ def create_app(
             workspace.engine, workspace.targets.get, window_s=settings.clock_window_s, clock=clock
         ),
         api_keys=ApiKeyService(workspace.engine, clock=clock),
+        releases=ReleaseService(workspace, clock=lambda: datetime.fromtimestamp(clock(), UTC)),
     )
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
@@ -56,6 +59,8 @@ def create_app(
     app.include_router(models.router, prefix=API_PREFIX)
     app.include_router(devices.router, prefix=API_PREFIX)
     app.include_router(admin.router, prefix=API_PREFIX)
+    app.include_router(releases.router, prefix=API_PREFIX)
+    app.include_router(updates.router, prefix=API_PREFIX)
     return app
 
 

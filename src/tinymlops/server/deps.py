@@ -25,6 +25,7 @@ from tinymlops.devices.records import DeviceRecord
 from tinymlops.devices.request_auth import HEADER_SIGNATURE, ReceivedRequest
 from tinymlops.devices.service import DeviceService
 from tinymlops.errors import AccessDeniedError, AuthenticationError
+from tinymlops.release.service import ReleaseService
 from tinymlops.server.settings import ServerSettings
 from tinymlops.workspace import Workspace
 
@@ -40,6 +41,7 @@ class Services:
     devices: DeviceService
     enrolment: EnrolmentService
     api_keys: ApiKeyService
+    releases: ReleaseService
 
 
 def _query_names(dependant: Any) -> set[str]:

@@ -23,6 +23,9 @@ class ServerSettings:
     clock_window_s: int = DEFAULT_WINDOW_S
     #: lifetime of a device bearer token
     device_token_ttl_s: int = DEFAULT_TOKEN_TTL_S
+    #: re-sign the update repository's timestamp when a device asks for it and less than half of its
+    #: validity is left (see tinymlops.release.service); off only to show what a frozen repository does
+    tuf_refresh: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

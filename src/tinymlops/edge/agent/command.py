@@ -1,15 +1,22 @@
-"""``python -m tinymlops.edge.agent``: run the agent against a local directory source.
+"""``python -m tinymlops.edge.agent``: run the agent against a control-plane server or a local directory.
 
+    python -m tinymlops.edge.agent run --data-dir D --server URL [--token T --profile P]
+                                       [--once] [--poll-interval S] ...
     python -m tinymlops.edge.agent run --data-dir D --source DIR [--trusted-key FILE ...]
                                        [--device-keys DIR] [--once] [--poll-interval S] ...
     python -m tinymlops.edge.agent status --data-dir D
 
-``run`` recovers the data directory, then polls ``DIR`` (``offer.json`` + bundle files, see
-:mod:`tinymlops.edge.agent.source`) until SIGTERM/SIGINT (or one cycle with ``--once``). Each event
-(recovery, install results, cycles) is one JSON line on stdout. The device keys default to
-``D/keys`` and the trusted release keys to ``D/trusted/*.pub``.
+``run --server`` connects to the control plane (:func:`tinymlops.edge.agent.remote.connect`:
+enrols once with ``--token``/``--profile``, bootstraps the TUF root and release keys once), then
+follows its update repository and reports every install to it. Without ``--once``, a server that
+cannot be reached for the first enrolment is retried with back-off until it answers.
+``run --source`` polls ``DIR`` (``offer.json`` + bundle files, see
+:mod:`tinymlops.edge.agent.source`) instead. Either runs until SIGTERM/SIGINT (or one cycle with
+``--once``); each event (recovery, install results, cycles) is one JSON line on stdout. The device
+keys default to ``D/keys`` and the trusted release keys to ``D/trusted/*.pub``.
 
-``status`` prints the state file as it is (no recovery, nothing written).
+``status`` prints the state file as it is and what the directory knows about its control plane
+(no recovery, nothing written, no network).
 
 Argument parsing is the standard library's: this module is in the edge closure (no typer).
 Errors print one JSON object on stderr and exit 2 (usage), 3 (bad data) or 4 (operation failed).
@@ -30,6 +37,7 @@ from tinymlops.errors import TinyMLOpsError, UsageError
 
 KEYS_DIR = "keys"
 TRUSTED_DIR = "trusted"
+ENROLMENT_FILE = "enrolment.json"
 
 
 def _emit(doc: dict[str, Any]) -> None:
@@ -40,9 +48,13 @@ def _emit(doc: dict[str, Any]) -> None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tinymlops.edge.agent", description="The tinymlops device agent.")
     sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="recover, then poll a local update directory and install what it offers")
+    run = sub.add_parser("run", help="recover, then follow a control plane (or a local directory) and install")
     run.add_argument("--data-dir", required=True, type=Path, help="the agent's data directory (slots, state)")
-    run.add_argument("--source", required=True, type=Path, help="directory holding offer.json and bundles")
+    where = run.add_mutually_exclusive_group(required=True)
+    where.add_argument("--server", help="control-plane URL, e.g. http://127.0.0.1:8470")
+    where.add_argument("--source", type=Path, help="directory holding offer.json and bundles")
+    run.add_argument("--token", help="one-time enrolment token (first run with --server only)")
+    run.add_argument("--profile", help="device profile name to enrol with (first run with --server only)")
     run.add_argument("--device-keys", type=Path, help="device key directory (default DATA_DIR/keys)")
     run.add_argument(
         "--trusted-key", action="append", type=Path, default=[], help="trusted release public key file (repeatable)"
@@ -74,6 +86,34 @@ def _trusted_keys(args: argparse.Namespace) -> list[bytes]:
     return [load_public_key(f) for f in files]
 
 
+def _connect(args: argparse.Namespace, stop: threading.Event) -> Any:
+    """Connect to the control plane; without ``--once``, retry an unreachable server with back-off."""
+    import random
+
+    from tinymlops.edge.agent.backoff import Backoff
+    from tinymlops.edge.agent.remote import connect
+    from tinymlops.errors import ServerRequestError, ServerUnreachableError
+
+    backoff = Backoff(base=args.backoff_base, cap=args.backoff_cap, rng=random.Random())
+    while True:
+        try:
+            return connect(
+                args.server,
+                args.data_dir,
+                enrolment_token=args.token,
+                profile=args.profile,
+                keys_dir=args.device_keys,
+            )
+        except ServerRequestError as exc:
+            # unreachable, or the server failed (5xx): wait and retry; a refusal (4xx) is final
+            if args.once or not (isinstance(exc, ServerUnreachableError) or exc.status >= 500):
+                raise
+            delay = backoff.failure()
+            _emit({"event": "connect", "error": f"{type(exc).__name__}: {exc.message}", "delay": round(delay, 3)})
+            if stop.wait(delay):
+                return None  # asked to stop before the server answered
+
+
 def _run(args: argparse.Namespace) -> int:
     from tinymlops.crypto.keys import DeviceKeys
     from tinymlops.edge.agent.context import FileContext
@@ -81,7 +121,38 @@ def _run(args: argparse.Namespace) -> int:
     from tinymlops.edge.agent.policy import DEFAULT_LARGE_BUNDLE_BYTES
     from tinymlops.edge.agent.source import LocalDirectorySource
 
-    keys = DeviceKeys.load(args.device_keys or args.data_dir / KEYS_DIR)
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: object) -> None:
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+
+    def emit_result(result: Any) -> None:
+        _emit(result.to_dict())
+
+    reporter: Any = emit_result
+    if args.server is not None:
+        connection = _connect(args, stop)
+        if connection is None:
+            return 0
+        keys = connection.keys
+        source: Any = connection.source
+        trusted = _trusted_keys(args)
+
+        def reporter(result: Any) -> None:
+            emit_result(result)
+            connection.reporter(result)
+
+        _emit({"event": "connected", "server": connection.server_url, "device_id": connection.device_id})
+    else:
+        if args.token or args.profile:
+            raise UsageError("--token and --profile enrol with a control plane: use them with --server")
+        keys = DeviceKeys.load(args.device_keys or args.data_dir / KEYS_DIR)
+        source = LocalDirectorySource(args.source, chunk=args.chunk_bytes)
+        trusted = _trusted_keys(args)
     config = AgentConfig(
         poll_interval=args.poll_interval,
         backoff_base=args.backoff_base,
@@ -93,12 +164,12 @@ def _run(args: argparse.Namespace) -> int:
     )
     agent = Agent(
         args.data_dir,
-        LocalDirectorySource(args.source, chunk=args.chunk_bytes),
+        source,
         keys,
-        _trusted_keys(args),
+        trusted,
         config=config,
         context=FileContext(args.context_file) if args.context_file else None,
-        reporter=lambda result: _emit(result.to_dict()),
+        reporter=reporter,
     )
     with agent:
         _emit(agent.start().to_dict())
@@ -106,14 +177,6 @@ def _run(args: argparse.Namespace) -> int:
             cycle = agent.run_once()
             _emit(cycle.to_dict())
             return 0
-        stop = threading.Event()
-
-        def _stop(signum: int, frame: object) -> None:
-            stop.set()
-
-        signal.signal(signal.SIGTERM, _stop)
-        signal.signal(signal.SIGINT, _stop)
-
         agent.run_forever(stop)
     return 0
 
@@ -125,7 +188,12 @@ def _status(args: argparse.Namespace) -> int:
     if not store.state_path.exists():
         raise UsageError(f"{args.data_dir}: no agent state here (the agent has not run on this data directory)")
     state = store.read_state()
-    _emit({"event": "status", **state.to_dict()})
+    doc: dict[str, Any] = {"event": "status", **state.to_dict()}
+    if (args.data_dir / ENROLMENT_FILE).exists():
+        from tinymlops.edge.agent.remote import describe
+
+        doc["control_plane"] = describe(args.data_dir)
+    _emit(doc)
     return 0
 
 

@@ -1,0 +1,341 @@
+"""The agent over a control-plane server: enrol once, bootstrap trust once, then follow the server's
+TUF repository with every request signed, and report every install back.
+
+::
+
+    conn = connect("http://127.0.0.1:8470", "/var/lib/tinymlops", enrolment_token="tme_…", profile="rpi-4")
+    with conn.agent() as agent:          # an Agent over conn.source, conn.keys, conn.trusted_keys
+        agent.run_once()                 # check → download (TUF) → verify → install A/B → report
+
+What :func:`connect` does, each step at most once per data directory (so a restarted agent needs
+no network to start, and picks up where a crash left it):
+
+1. **keys** — loads the device's Ed25519/X25519 keys from ``<data_dir>/keys`` or creates them
+   there (private keys never leave the device);
+2. **enrolment** — when ``<data_dir>/enrolment.json`` is absent, enrols with the one-time token and
+   profile (a signed request) and saves what the server answered. A crash after the server
+   accepted the enrolment but before the file was written is repaired on the next start: the token
+   is then spent (409), so the agent asks the server who it is with a signed request instead;
+3. **bootstrap** — when the TUF trust anchor (``<data_dir>/tuf/trusted-root.json``) or the release
+   keys (``<data_dir>/trusted/*.pub``) are missing, fetches ``GET /v1/devices/me/bootstrap`` and
+   stores them. The root is accepted only if it is a valid self-signed TUF root; later roots come
+   through TUF, each signed by the previous one. Pass ``trusted_root=`` / ``release_keys=`` to pin
+   them out of band instead of trusting the server on first use.
+
+The :class:`Connection` it returns holds a :class:`RemoteSource` — the TUF update source (this
+device's target, then its cohorts') whose every HTTP request is signed
+(:func:`signed_headers`) — and an :class:`InstallReporter` that POSTs each
+:class:`~tinymlops.edge.agent.install.InstallResult`. A report the server cannot take now
+(unreachable, 5xx, 401 from a skewed clock) waits in ``<data_dir>/reports/`` (written atomically)
+and is sent again before the next check; a failed report never stops the agent.
+
+Edge closure: the standard library, ``cryptography``, python-tuf's client and the device halves of
+:mod:`tinymlops.devices` — no server, database or training stack.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from tinymlops.crypto.keys import DeviceKeys, key_id, load_public_key, save_public_key, write_file_atomic
+from tinymlops.devices.client import DeviceClient
+from tinymlops.devices.identity import EnrolmentState, load_or_create_keys
+from tinymlops.devices.request_auth import sign_request
+from tinymlops.edge.agent.install import InstallResult
+from tinymlops.edge.updates import HeaderProvider, Offer, TufUpdateSource, UpdateClient
+from tinymlops.errors import (
+    InvalidInputError,
+    ServerRequestError,
+    ServerUnreachableError,
+    TinyMLOpsError,
+    UsageError,
+)
+from tinymlops.spec.install_report import InstallReport
+
+log = logging.getLogger("tinymlops.edge.agent.remote")
+
+KEYS_DIR = "keys"
+TRUSTED_DIR = "trusted"
+REPORTS_DIR = "reports"
+BOOTSTRAP_PATH = "/v1/devices/me/bootstrap"
+INSTALLS_PATH = "/v1/devices/me/installs"
+#: install reports kept while the server is unreachable (the oldest are dropped beyond this)
+MAX_PENDING_REPORTS = 200
+#: statuses after which the server will never take a report: drop it rather than retry forever
+PERMANENT_REFUSALS = (400, 413, 422)
+
+_REPO_PATH = re.compile(r"^/[A-Za-z0-9/_.-]{0,255}$")
+
+
+def signed_headers(keys: DeviceKeys, *, clock: Callable[[], float] = time.time) -> HeaderProvider:
+    """A header callable for :class:`~tinymlops.edge.updates.UpdateClient`: signs each GET with the
+    device key (over the URL's raw path and query, as the server receives it)."""
+
+    def headers(method: str, url: str) -> dict[str, str]:
+        parts = urlsplit(url)
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        return sign_request(keys.signing, method.upper(), target, b"", timestamp=int(clock())).headers()
+
+    return headers
+
+
+# --- install reports ---------------------------------------------------------------------------
+class InstallReporter:
+    """The agent's reporter: queue each result durably, then send what is queued, oldest first."""
+
+    def __init__(self, client: DeviceClient, directory: Path | str, *, max_pending: int = MAX_PENDING_REPORTS):
+        self.client = client
+        self.directory = Path(directory)
+        self.max_pending = max_pending
+        self.sent = 0
+
+    def __call__(self, result: InstallResult) -> None:
+        try:
+            self.enqueue(InstallReport.from_result_dict(result.to_dict()))
+        except (TinyMLOpsError, OSError) as exc:  # never let reporting break an install
+            log.warning("could not queue an install report: %s", exc)
+            return
+        self.flush()
+
+    def pending(self) -> list[Path]:
+        try:
+            return sorted(p for p in self.directory.glob("*.json") if not p.name.startswith("."))
+        except OSError:
+            return []
+
+    def enqueue(self, report: InstallReport) -> Path:
+        name = f"{time.time_ns():020d}-{secrets.token_hex(4)}.json"
+        path = write_file_atomic(self.directory / name, json.dumps(report.to_dict()).encode("utf-8"))
+        for old in self.pending()[: -self.max_pending]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def flush(self) -> int:
+        """Send the queued reports; returns how many the server took. Stops at the first one the
+        server cannot take now (it is retried at the next flush); drops one it refuses for good."""
+        sent = 0
+        for path in self.pending():
+            try:
+                doc = json.loads(path.read_bytes())
+                InstallReport.from_dict(doc)
+            except (OSError, ValueError, TinyMLOpsError):
+                log.warning("dropping unreadable queued install report %s", path.name)
+                path.unlink(missing_ok=True)
+                continue
+            try:
+                self.client.request("POST", INSTALLS_PATH, json_body=doc)
+            except ServerRequestError as exc:
+                if isinstance(exc, ServerUnreachableError) or exc.status not in PERMANENT_REFUSALS:
+                    log.info("install report not sent (will retry): %s", exc.message)
+                    break
+                log.warning("the server refused an install report for good; dropped: %s", exc.message)
+            except (TinyMLOpsError, OSError) as exc:
+                log.info("install report not sent (will retry): %s", exc)
+                break
+            path.unlink(missing_ok=True)
+            sent += 1
+        self.sent += sent
+        return sent
+
+
+class RemoteSource:
+    """The agent's update source over the server's TUF repository; sends queued install reports
+    before each check (a report failure never fails the check)."""
+
+    def __init__(self, updates: TufUpdateSource, reporter: InstallReporter) -> None:
+        self.updates = updates
+        self.reporter = reporter
+
+    @property
+    def target_paths(self) -> list[str]:
+        return list(self.updates.target_paths)
+
+    def check(self) -> Offer | None:
+        try:
+            self.reporter.flush()
+        except Exception as exc:  # reporting is best effort
+            log.warning("flushing install reports failed: %s", exc)
+        return self.updates.check()
+
+    def fetch(self, offer: Offer, dest_dir: Path) -> Path:
+        return self.updates.fetch(offer, dest_dir)
+
+
+# --- connecting ---------------------------------------------------------------------------------
+@dataclass
+class Connection:
+    """Everything an :class:`~tinymlops.edge.agent.loop.Agent` needs to follow the server."""
+
+    server_url: str
+    data_dir: Path
+    keys: DeviceKeys
+    enrolment: EnrolmentState
+    trusted_keys: list[bytes]
+    client: DeviceClient
+    updates: UpdateClient
+    source: RemoteSource
+    reporter: InstallReporter
+
+    @property
+    def device_id(self) -> str:
+        return self.keys.device_id
+
+    def agent(self, **kwargs: Any) -> Any:
+        """An :class:`~tinymlops.edge.agent.loop.Agent` over this connection (``kwargs``: config, context, …)."""
+        from tinymlops.edge.agent.loop import Agent
+
+        reporter = kwargs.pop("reporter", None)
+        report = self.reporter if reporter is None else _both(reporter, self.reporter)
+        return Agent(self.data_dir, self.source, self.keys, self.trusted_keys, reporter=report, **kwargs)
+
+
+def _both(first: Callable[[InstallResult], None], second: Callable[[InstallResult], None]) -> Callable[..., None]:
+    def report(result: InstallResult) -> None:
+        first(result)
+        second(result)
+
+    return report
+
+
+def _same_server(a: str, b: str) -> bool:
+    return a.rstrip("/") == b.rstrip("/")
+
+
+def _enrol(
+    client: DeviceClient, data_dir: Path, token: str | None, profile: str | dict[str, Any] | None
+) -> EnrolmentState:
+    if not token or not profile:
+        raise UsageError(
+            f"{data_dir} is not enrolled with {client.server_url}: give an enrolment token and a profile "
+            "(`tinymlops device token create` on the control plane makes a token)"
+        )
+    try:
+        state = client.enrol(token, profile)
+    except ServerRequestError as exc:
+        if exc.status != 409:
+            raise
+        # the server enrolled this key before (e.g. we crashed before saving): ask who we are
+        try:
+            record = client.me()
+        except ServerRequestError:
+            raise exc from None
+        if record.get("id") != client.device_id:
+            raise InvalidInputError("the server answered with the record of another device") from None
+        state = EnrolmentState(
+            server_url=client.server_url,
+            device_id=client.device_id,
+            profile_name=str(record.get("profile_name", "")) or "unknown",
+            enrolled_at=str(record.get("enrolled_at", "")) or "unknown",
+            tags=tuple(str(t) for t in record.get("tags", ())),
+        )
+    state.save(data_dir)
+    return state
+
+
+def _trusted_files(data_dir: Path) -> list[Path]:
+    directory = data_dir / TRUSTED_DIR
+    return sorted(directory.glob("*.pub")) if directory.is_dir() else []
+
+
+def _bootstrap(client: DeviceClient) -> tuple[bytes, list[bytes], str]:
+    doc = client.get_json(BOOTSTRAP_PATH)
+    try:
+        if not isinstance(doc, dict) or doc.get("device_id") != client.device_id:
+            raise ValueError("it is not this device's bootstrap")
+        root = base64.b64decode(doc["tuf_root"], validate=True)
+        keys = [base64.b64decode(k, validate=True) for k in doc["release_keys"]]
+        repository = doc["repository"]
+        if not keys or any(len(k) != 32 for k in keys):
+            raise ValueError("release keys must be 32-byte Ed25519 public keys")
+        if not isinstance(repository, str) or not _REPO_PATH.match(repository):
+            raise ValueError(f"bad repository path {repository!r:.80}")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidInputError(f"the server's bootstrap answer is malformed: {exc}") from None
+    return root, keys, repository
+
+
+def connect(
+    server_url: str,
+    data_dir: Path | str,
+    *,
+    enrolment_token: str | None = None,
+    profile: str | dict[str, Any] | None = None,
+    keys_dir: Path | str | None = None,
+    trusted_root: bytes | None = None,
+    release_keys: Sequence[bytes] | None = None,
+    repository_path: str = "/v1/tuf",
+    timeout_s: float = 10.0,
+    clock: Callable[[], float] = time.time,
+) -> Connection:
+    """Enrol (once), bootstrap trust (once) and return the :class:`Connection` (module docstring)."""
+    data_dir = Path(data_dir)
+    client_keys = load_or_create_keys(Path(keys_dir) if keys_dir is not None else data_dir / KEYS_DIR)
+    client = DeviceClient(server_url, client_keys, timeout_s=timeout_s, clock=clock)
+    state = EnrolmentState.load(data_dir)
+    if state is None:
+        state = _enrol(client, data_dir, enrolment_token, profile)
+    elif not _same_server(state.server_url, client.server_url):
+        raise UsageError(
+            f"{data_dir} is enrolled with {state.server_url}, not {client.server_url}; "
+            "use another data directory to enrol with another control plane"
+        )
+    elif state.device_id != client_keys.device_id:
+        raise UsageError(
+            f"{data_dir}: enrolment.json is for device {state.device_id} but the keys are device "
+            f"{client_keys.device_id}"
+        )
+
+    if release_keys is not None:
+        for k in release_keys:
+            save_public_key(data_dir / TRUSTED_DIR / f"release-{key_id(bytes(k))}.pub", bytes(k))
+    if trusted_root is not None and not UpdateClient.is_enrolled(data_dir):
+        UpdateClient.enrol(data_dir, trusted_root)
+    if not UpdateClient.is_enrolled(data_dir) or not _trusted_files(data_dir):
+        root, keys, _ = _bootstrap(client)
+        if not UpdateClient.is_enrolled(data_dir):  # never replace a trust anchor: new roots come via TUF
+            UpdateClient.enrol(data_dir, root)
+        if not _trusted_files(data_dir):
+            for k in keys:
+                save_public_key(data_dir / TRUSTED_DIR / f"release-{key_id(k)}.pub", k)
+    trusted = [load_public_key(p) for p in _trusted_files(data_dir)]
+
+    updates = UpdateClient(
+        data_dir, client.server_url + repository_path, headers=signed_headers(client_keys, clock=clock)
+    )
+    reporter = InstallReporter(client, data_dir / REPORTS_DIR)
+    source = RemoteSource(TufUpdateSource(updates, client_keys.device_id, state.tags), reporter)
+    return Connection(client.server_url, data_dir, client_keys, state, trusted, client, updates, source, reporter)
+
+
+def describe(data_dir: Path | str) -> dict[str, Any]:
+    """What this data directory knows about its control plane (read-only, no network)."""
+    data_dir = Path(data_dir)
+    state = EnrolmentState.load(data_dir)
+    out: dict[str, Any] = {"enrolment": None if state is None else state.to_dict()}
+    if UpdateClient.is_enrolled(data_dir):
+        out["tuf"] = UpdateClient(data_dir, "http://unused.invalid/").trusted_versions()
+    out["trusted_release_keys"] = [p.name for p in _trusted_files(data_dir)]
+    out["pending_reports"] = len(list((data_dir / REPORTS_DIR).glob("*.json")))
+    return out
+
+
+__all__ = [
+    "BOOTSTRAP_PATH",
+    "INSTALLS_PATH",
+    "Connection",
+    "InstallReporter",
+    "RemoteSource",
+    "connect",
+    "describe",
+    "signed_headers",
+]
