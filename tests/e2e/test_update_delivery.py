@@ -12,12 +12,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from delivery_world import INT8_NPU_PROFILE, X, World, assert_serves, delivery, open_world, tiny_onnx  # noqa: F401
+import delivery_world
+from delivery_world import INT8_NPU_PROFILE, World, X, assert_serves, open_world, tiny_onnx
 from tinymlops.edge.runtime import Runtime
 from tinymlops.errors import KeyMismatchError
 from tinymlops.spec.context import DeviceContext
 from tinymlops.targets.registry_candidates import candidates_for
 from tinymlops.targets.selection import select_variant
+
+delivery = delivery_world.delivery  # the live world (fixture)
 
 
 def test_a_release_reaches_the_agent_through_tuf_and_a_second_one_converges(delivery: World, tmp_path: Path) -> None:
