@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from tinymlops.devices.enrolment import MAX_TAGS, TAG
 from tinymlops.release.service import MAX_LIST, Assignment, Deployment, InstallReportRecord, ReleaseRecord
@@ -40,7 +40,7 @@ class ReleaseCreate(BaseModel):
     tags: list[Annotated[str, Field(pattern=TAG.pattern)]] = Field(
         default_factory=list, max_length=MAX_TAGS, description="Only devices carrying every one of these tags."
     )
-    urgent: bool = Field(False, description="Devices may download it even on a metered network.")
+    urgent: StrictBool = Field(False, description="Devices may download it even on a metered network.")
 
 
 class InstallReportOut(BaseModel):
