@@ -151,6 +151,14 @@ def delivery(sqlite_workspace: Any) -> Iterator[World]:
         yield world
 
 
+@pytest.fixture
+def delivery_any_db(workspace: Any) -> Iterator[World]:
+    """:func:`delivery` on SQLite and (when configured) PostgreSQL."""
+    register_tiny(workspace)
+    with open_world(workspace) as world:
+        yield world
+
+
 # --- `tinymlops serve` as a real process ----------------------------------------------------------
 class ServeProcess:
     """``tinymlops serve`` in a subprocess (log to a file, never a pipe that could fill up)."""

@@ -20,10 +20,13 @@ from tinymlops.spec.context import DeviceContext
 from tinymlops.targets.registry_candidates import candidates_for
 from tinymlops.targets.selection import select_variant
 
-delivery = delivery_world.delivery  # the live world (fixture)
+delivery_any_db = delivery_world.delivery_any_db  # the live world on SQLite and PostgreSQL (fixture)
 
 
-def test_a_release_reaches_the_agent_through_tuf_and_a_second_one_converges(delivery: World, tmp_path: Path) -> None:
+def test_a_release_reaches_the_agent_through_tuf_and_a_second_one_converges(
+    delivery_any_db: World, tmp_path: Path
+) -> None:
+    delivery = delivery_any_db
     conn = delivery.connect(tmp_path / "dev")
     with delivery.agent(conn) as agent:
         assert agent.run_once().action == "idle"  # enrolled, nothing published for it yet

@@ -20,6 +20,7 @@ from tinymlops.spec.install_report import InstallReport
 from tinymlops.spec.update import TargetPath
 
 delivery = delivery_world.delivery  # the live world (fixture)
+delivery_any_db = delivery_world.delivery_any_db  # the same on SQLite and PostgreSQL
 
 
 def _count(ws: Any, table: str) -> int:
@@ -67,7 +68,8 @@ def test_devices_and_tags_choose_who_gets_a_release(delivery: World, tmp_path: P
     assert everyone.devices is None and chosen.devices == (us.device_id, eu.device_id)
 
 
-def test_install_reports_move_the_deployment(delivery: World, tmp_path: Path) -> None:
+def test_install_reports_move_the_deployment(delivery_any_db: World, tmp_path: Path) -> None:
+    delivery = delivery_any_db
     dev = delivery.connect(tmp_path / "dev")
     service = ReleaseService(delivery.ws)
     r1 = service.create_release("tiny:1", devices=[dev.device_id])

@@ -9,7 +9,9 @@ import typer
 
 from tinymlops.cli.output import JsonOpt, WorkspaceOpt, console, emit_json, table
 
-app = typer.Typer(help="Releases: a variant per device, bundles encrypted to each, published via TUF.")
+app = typer.Typer(
+    help="Releases: a variant per device, bundles encrypted to each, published via TUF.", no_args_is_help=True
+)
 
 
 def _assignment_rows(doc: dict[str, Any]) -> list[list[Any]]:
