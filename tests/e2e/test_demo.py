@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
+import signal
 import subprocess
 import sys
 
+import httpx
 import pytest
 
 from mlperf_models import MLPERF_DIR
@@ -46,13 +49,39 @@ def test_demo_runs_end_to_end(tmp_path) -> None:
         (kws,) = [d for d in devices if d.get("backend") == "litert"]
         assert kws["agrees_with_direct"] == 1.0
     assert len({d["device_id"] for d in devices}) == len(devices)
-    # the human-readable run works too and reuses the workspace (a new base version)
-    text = subprocess.run(
-        [sys.executable, "-m", "tinymlops", "demo", "--workspace", str(ws)],
-        capture_output=True,
+    # the fleet: every ONNX-capable profile installed its selected variant through TUF and predicts
+    # exactly like it; the LiteRT-only MCU got nothing, with the reason
+    fleet = out["fleet"]["devices"]
+    assert len(fleet) >= 5 and len({d["device_id"] for d in fleet}) == len(fleet)
+    for d in fleet:
+        if d["profile"] == "mcu-cortex-m7":
+            assert d["ref"] is None and d["status"] == "idle" and "mcu-cortex-m7" in d["reason"], d
+        else:
+            assert d["status"] == "installed" and d["ref"].startswith("digits-cnn:1"), d
+            assert d["predictions"] == 450 and d["agrees_with_direct"] == 1.0 and d["accuracy"] > 0.9, d
+
+    # the human-readable run reuses the workspace (a new base version); --serve keeps the
+    # control plane up afterwards until interrupted
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tinymlops", "demo", "--workspace", str(ws), "--serve"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=900,
         env={"TINYMLOPS_MLPERF_DIR": str(MLPERF_DIR), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "COLUMNS": "200"},
     )
-    assert text.returncode == 0, text.stderr
-    assert "digits-cnn:2" in text.stdout and "Selection" in text.stdout and "Delivery" in text.stdout
+    try:
+        url = None
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            found = re.search(r"control plane on (http://127\.0\.0\.1:\d+)", line)
+            if found:
+                url = found.group(1)
+                break
+        assert url is not None, f"no server line; exit {proc.poll()}"
+        assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+        assert httpx.get(f"{url}/v1/releases", timeout=10).status_code == 401  # still needs a key
+    finally:
+        proc.send_signal(signal.SIGINT)
+        stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert "digits-cnn:2" in stdout and "Selection" in stdout and "Delivery" in stdout and "Fleet" in stdout

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from tinymlops.cli.model import print_evaluation_table, print_lineage
-from tinymlops.cli.output import JsonOpt, console, emit_json, table
+from tinymlops.cli.output import JsonOpt, console, emit_json, err_console, table
 
 
 def demo_cmd(
@@ -18,6 +18,9 @@ def demo_cmd(
     mlperf_dir: Annotated[
         Path | None, typer.Option(help="Directory with the MLPerf Tiny .tflite files (default: found nearby).")
     ] = None,
+    serve: Annotated[
+        bool, typer.Option("--serve", help="Keep the control plane running at the end (Ctrl-C stops it).")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Run the whole life of real models end to end: register, derive, evaluate, check, select."""
@@ -25,7 +28,10 @@ def demo_cmd(
     from tinymlops.workspace import Workspace
 
     if json_out:
-        emit_json(run_demo(workspace, mlperf_dir=mlperf_dir).to_dict())
+        result = run_demo(workspace, mlperf_dir=mlperf_dir)
+        emit_json(result.to_dict())
+        if serve:
+            _serve(result)
         return
     with console.status("tinymlops demo …") as status:
         result = run_demo(workspace, mlperf_dir=mlperf_dir, say=lambda m: status.update(m.strip()))
@@ -89,5 +95,44 @@ def demo_cmd(
             for d in result.devices
         ],
     )
+    if result.fleet is not None:
+        fleet = result.fleet
+        table(
+            f"Fleet: release {fleet.release_id} delivered through the TUF repository of {fleet.server_url}",
+            ["device", "profile", "variant selected", "agent", "install ms", "predictions", "accuracy", "= direct"],
+            [
+                [
+                    d.device_id,
+                    d.profile,
+                    d.ref or f"none: {d.reason[:60]}",
+                    d.status,
+                    "-" if d.install_ms is None else f"{d.install_ms:.0f}",
+                    d.predictions,
+                    pct(d.accuracy),
+                    pct(d.agrees_with_direct),
+                ]
+                for d in fleet.devices
+            ],
+        )
     console.print(f"Workspace: {result.workspace}  (try: tinymlops model lineage digits-cnn -w {result.workspace})")
+    ws.close()
+    if serve:
+        _serve(result)
+
+
+def _serve(result: Any) -> None:
+    """Serve the demo's control plane again, on the port the demo used when it is still free."""
+    from tinymlops.errors import OperationError
+    from tinymlops.server.background import BackgroundServer
+    from tinymlops.workspace import Workspace
+
+    ws = Workspace.open(result.workspace)
+    port = int(result.fleet.server_url.rsplit(":", 1)[1]) if result.fleet is not None else 0
+    try:
+        server = BackgroundServer(ws, port=port)
+    except OperationError:
+        server = BackgroundServer(ws)
+    with server:
+        err_console.print(f"control plane on {server.url} (workspace {ws.root}) — Ctrl-C stops it", highlight=False)
+        server.wait()
     ws.close()

@@ -6,7 +6,9 @@ derive every configured variant automatically; print lineage and evaluation tabl
 variant against the built-in device profiles; select a variant for several devices and moments;
 then deliver: build a signed bundle encrypted to each simulated device for the variant selected
 for it, open it in memory on the "device" and predict the whole digits test set through its
-pipeline (with a WebAssembly step), a cascade bundle, and an MLPerf Tiny model run by LiteRT.
+pipeline (with a WebAssembly step), a cascade bundle, and an MLPerf Tiny model run by LiteRT;
+then the control plane: a real server, a fleet of agents of different profiles that enrol, a
+release delivered per device through the TUF repository, installed A/B and run.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tinymlops.demo.delivery import DeviceRun, deliver_cascade, deliver_digits, deliver_tflite
+from tinymlops.demo.fleet import FleetResult, run_fleet
 from tinymlops.errors import IncompatibleError, WorkspaceError
 from tinymlops.optimize.pipeline import RegistrationResult, register_model
 from tinymlops.spec.context import DeviceContext
@@ -60,6 +63,7 @@ class DemoResult:
     selections: list[dict[str, Any]] = field(default_factory=list)
     digits_fp32_accuracy: float = 0.0
     devices: list[DeviceRun] = field(default_factory=list)
+    fleet: FleetResult | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -69,6 +73,7 @@ class DemoResult:
             "checks": self.checks,
             "selections": self.selections,
             "devices": [d.to_dict() for d in self.devices],
+            "fleet": None if self.fleet is None else self.fleet.to_dict(),
         }
 
 
@@ -152,5 +157,8 @@ def run_demo(
         tflite = deliver_tflite(ws, "kws-dscnn", result.registrations["kws-dscnn"].base.ref, say=say)
         if tflite is not None:
             result.devices.append(tflite)
+
+    say("starting the control plane and enrolling a fleet …")
+    result.fleet = run_fleet(ws, "digits-cnn", digits.x_test, digits.y_test, say=say)
     ws.close()
     return result
