@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 
 from live_server import Plane, start_plane
+from tiny_models import tiny_onnx
 from tinymlops.edge.agent import Agent, AgentConfig
 from tinymlops.edge.agent.remote import Connection, connect
 from tinymlops.server import ServerSettings
@@ -55,20 +56,6 @@ relative_compute = 0.2
 active_power_w = 3.0
 idle_power_w = 1.0
 """
-
-
-def tiny_onnx(scale: float) -> bytes:
-    from onnx import TensorProto, helper, numpy_helper
-
-    w = numpy_helper.from_array((scale * np.linspace(-1, 1, 8, dtype=np.float32)).reshape(4, 2), "W")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["y"])],
-        "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
-        [w],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
 
 
 @dataclass

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from tiny_models import tiny_onnx as _tiny_onnx
 from tinymlops.bundle import open_bundle, verify_bundle
 from tinymlops.bundle.builder import build_bundle
 from tinymlops.bundle.container import HEADER, MAGIC, pack, unpack
@@ -25,20 +26,6 @@ from tinymlops.crypto.signing import DetachedSignature
 from tinymlops.errors import IntegrityError, KeyMismatchError, SignatureError, SpecError, UnsupportedVersionError
 from tinymlops.spec.manifest import BundleManifest, canonical_json
 from tinymlops.workspace import Workspace
-
-
-def _tiny_onnx() -> bytes:
-    from onnx import TensorProto, helper, numpy_helper
-
-    w = numpy_helper.from_array(np.linspace(-1, 1, 8, dtype=np.float32).reshape(4, 2), "W")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["y"])],
-        "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
-        [w],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
 
 
 @dataclass

@@ -33,6 +33,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 from tuf.api.metadata import Metadata, MetaFile, Root
 
+from tiny_models import tiny_onnx
 from tinymlops.edge.updates import UpdateClient
 from tinymlops.errors import InvalidInputError, NotFoundError, UpdateRefusedError
 from tinymlops.release import ExpiryPolicy, UpdateRepository
@@ -223,22 +224,6 @@ def world(
     repo = UpdateRepository.init(ws, bin_bits=bin_bits, expiry=expiry, clock=clock)  # type: ignore[arg-type]
     with TufServer(repo) as server:
         yield World(repo, server, base)
-
-
-def tiny_onnx(scale: float = 1.0) -> bytes:
-    """A 4 -> 2 MatMul model (a few hundred bytes); ``scale`` makes different models."""
-    import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
-
-    w = numpy_helper.from_array((np.linspace(-1, 1, 8, dtype=np.float32) * scale).reshape(4, 2), "W")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["y"])],
-        "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
-        [w],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
 
 
 @dataclass

@@ -29,24 +29,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tiny_models import tiny_onnx
 from tinymlops.bundle.container import pack, unpack
 from tinymlops.crypto.keys import DeviceKeys, generate_signing_key, save_public_key
 from tinymlops.crypto.signing import DetachedSignature
 from tinymlops.spec.manifest import canonical_json
-
-
-def tiny_onnx(scale: float) -> bytes:
-    from onnx import TensorProto, helper, numpy_helper
-
-    w = numpy_helper.from_array((scale * np.linspace(-1, 1, 8, dtype=np.float32)).reshape(4, 2), "W")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["y"])],
-        "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
-        [w],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
 
 
 def brittle_onnx() -> bytes:
