@@ -8,11 +8,13 @@ row pointing at a missing blob, never half a variant.
 
 from __future__ import annotations
 
+import functools
+import gc
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, String, Text, cast, func, select, type_coerce
 from sqlalchemy.exc import IntegrityError
@@ -72,6 +74,31 @@ _DERIVATION_COLUMNS = (
     DerivationRow.artifact_id,
     DerivationRow.duration_s,
 )
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _gc_paused(method: _F) -> _F:
+    """Pause the cyclic garbage collector while ``method`` builds thousands of records.
+
+    They form no reference cycles, but allocating them triggers collections that traverse the
+    whole heap — in a process holding a big one (a server, a notebook with torch loaded) that
+    turned a 110 ms listing of 10,000 variants into 400 ms one call in three. Reference counting
+    still frees everything; the collector catches up at its next trigger. If someone else turned
+    the collector off, it stays off."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not gc.isenabled():
+            return method(*args, **kwargs)
+        gc.disable()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            gc.enable()
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _timestamp(value: Any) -> datetime:
@@ -396,6 +423,7 @@ class Registry:
             )
         return out
 
+    @_gc_paused
     def artifacts(self, name: str, version: int | None = None) -> list[ArtifactRecord]:
         """Every artifact of a model (optionally one version), base versions first.
 
@@ -464,6 +492,7 @@ class Registry:
             session.commit()
             return EvaluationRecord(row.artifact_id, row.dataset, row.host, row.metrics, row.created_at)
 
+    @_gc_paused
     def lineage(self, name: str, version: int | None = None) -> list[LineageNode]:
         """The lineage forest of a model: one tree per base version, variants below their
         parents, derivations that produced nothing as leaves with their error.
