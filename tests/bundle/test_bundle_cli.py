@@ -4,29 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from cli_process import run_cli as run
 from tinymlops.bundle import open_bundle
 from tinymlops.bundle.container import unpack
 from tinymlops.crypto.keys import DeviceKeys, generate_signing_key, load_public_key, save_public_key
-
-
-def run(ws: Path | None, *args: str, code: int | None = 0) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "TINYMLOPS_WORKSPACE"}
-    if ws is not None:
-        env["TINYMLOPS_WORKSPACE"] = str(ws)
-    env["COLUMNS"] = "200"
-    proc = subprocess.run(
-        [sys.executable, "-m", "tinymlops", *args], capture_output=True, text=True, env=env, timeout=300
-    )
-    if code is not None:
-        assert proc.returncode == code, f"exit {proc.returncode}\nstdout:{proc.stdout}\nstderr:{proc.stderr}"
-    return proc
 
 
 @pytest.fixture

@@ -5,30 +5,15 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from cli_process import run_cli as run
 from mlperf_models import mlperf
 
 SMALL_CONFIG_CHAINS = 'default = ["fp16", "int8-static", "prune-50>int8-static"]'
-
-
-def run(ws: Path | None, *args: str, check_code: int | None = 0) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "TINYMLOPS_WORKSPACE"}
-    if ws is not None:
-        env["TINYMLOPS_WORKSPACE"] = str(ws)
-    env["COLUMNS"] = "200"
-    proc = subprocess.run(
-        [sys.executable, "-m", "tinymlops", *args], capture_output=True, text=True, env=env, timeout=300
-    )
-    if check_code is not None:
-        assert proc.returncode == check_code, f"exit {proc.returncode}\nstdout:{proc.stdout}\nstderr:{proc.stderr}"
-    return proc
 
 
 @pytest.fixture
@@ -92,12 +77,12 @@ def test_register_derive_show_lineage_export(ws: Path, digits_files, tmp_path: P
     target = tmp_path / "fp16.onnx"
     exported = json.loads(run(ws, "model", "export", "digits:1/fp16", str(target), "--json").stdout)
     assert hashlib.sha256(target.read_bytes()).hexdigest() == exported["sha256"]
-    again = run(ws, "model", "export", "digits:1/fp16", str(target), check_code=2)
+    again = run(ws, "model", "export", "digits:1/fp16", str(target), code=2)
     assert "--force" in again.stderr
 
     check = json.loads(run(ws, "target", "check", "digits:1/int8-static", "x86-edge-server", "--json").stdout)
     assert check["compatible"] and check["estimated_latency_ms"] is not None
-    mcu = run(ws, "target", "check", "digits:1", "mcu-cortex-m7", "--json", check_code=1)
+    mcu = run(ws, "target", "check", "digits:1", "mcu-cortex-m7", "--json", code=1)
     assert json.loads(mcu.stdout)["compatible"] is False
 
     chosen = json.loads(run(ws, "select", "digits", "--target", "rpi-4", "--battery", "0.1", "--json").stdout)
@@ -117,29 +102,29 @@ def test_register_tflite_shows_operators(ws: Path) -> None:
 
 def test_errors_are_clear_and_change_nothing(ws: Path, tmp_path: Path, digits_files) -> None:
     model, _ = digits_files
-    missing = run(ws, "model", "register", "m", str(tmp_path / "nope.onnx"), check_code=2)
+    missing = run(ws, "model", "register", "m", str(tmp_path / "nope.onnx"), code=2)
     assert "not found" in missing.stderr
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"definitely not a model")
-    bad = run(ws, "model", "register", "m", str(junk), check_code=3)
+    bad = run(ws, "model", "register", "m", str(junk), code=3)
     assert "not an ONNX or TFLite model" in bad.stderr
-    err = json.loads(run(ws, "model", "register", "m", str(junk), "--json", check_code=3).stdout)
+    err = json.loads(run(ws, "model", "register", "m", str(junk), "--json", code=3).stdout)
     assert err["error"] == "InvalidModelError"
     wrong = tmp_path / "wrong.npz"
     buf = io.BytesIO()
     np.savez(buf, x=np.zeros((3, 1, 9, 9), np.float32))
     wrong.write_bytes(buf.getvalue())
-    mismatch = run(ws, "model", "register", "m", str(model), "--dataset", str(wrong), check_code=3)
+    mismatch = run(ws, "model", "register", "m", str(model), "--dataset", str(wrong), code=3)
     assert "does not match the model input" in mismatch.stderr
     assert json.loads(run(ws, "model", "list", "--json").stdout) == []
     assert not list((ws / "blobs").rglob("*")) or all(p.is_dir() for p in (ws / "blobs").rglob("*"))
-    assert "no model named 'm'" in run(ws, "model", "show", "m", check_code=2).stderr
-    assert "no target named" in run(ws, "target", "show", "no-such-device", check_code=2).stderr
-    assert "bad version" in run(ws, "model", "show", "m:zero", check_code=2).stderr
+    assert "no model named 'm'" in run(ws, "model", "show", "m", code=2).stderr
+    assert "no target named" in run(ws, "target", "show", "no-such-device", code=2).stderr
+    assert "bad version" in run(ws, "model", "show", "m:zero", code=2).stderr
 
 
 def test_no_workspace_is_a_usage_error(tmp_path: Path) -> None:
-    proc = run(None, "model", "list", "--workspace", str(tmp_path), check_code=2)
+    proc = run(None, "model", "list", "--workspace", str(tmp_path), code=2)
     assert "not a tinymlops workspace" in proc.stderr
 
 
@@ -151,7 +136,7 @@ def test_failing_recipe_is_recorded_not_fatal(ws: Path, digits_files) -> None:
     statuses = {d["variant"]: (d["status"], d["error"]) for d in out["derivations"]}
     assert statuses["fp16"][0] == "succeeded"
     assert statuses["onnx"][0] == "failed" and "tflite" in statuses["onnx"][1]
-    show = run(ws, "model", "show", "digits:1/onnx", check_code=2)
+    show = run(ws, "model", "show", "digits:1/onnx", code=2)
     assert "recipe failed" in show.stderr
 
 

@@ -3,31 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from cli_process import run_cli as run
 from simulators.tuf_server import TufServer, tiny_onnx
 from tinymlops.crypto.keys import DeviceKeys
 from tinymlops.edge.updates import UpdateClient
 from tinymlops.release import UpdateRepository
 from tinymlops.spec.update import device_target_path
-
-
-def run(ws: Path | None, *args: str, code: int | None = 0) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "TINYMLOPS_WORKSPACE"}
-    if ws is not None:
-        env["TINYMLOPS_WORKSPACE"] = str(ws)
-    env["COLUMNS"] = "200"
-    proc = subprocess.run(
-        [sys.executable, "-m", "tinymlops", *args], capture_output=True, text=True, env=env, timeout=300
-    )
-    if code is not None:
-        assert proc.returncode == code, f"exit {proc.returncode}\nstdout:{proc.stdout}\nstderr:{proc.stderr}"
-    return proc
 
 
 @pytest.fixture
