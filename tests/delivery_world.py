@@ -182,12 +182,3 @@ class ServeProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
-
-
-def cli(ws: Path, *args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TINYMLOPS_WORKSPACE": str(ws), "COLUMNS": "200"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "tinymlops", *args], capture_output=True, text=True, env=env, timeout=180
-    )
-    assert proc.returncode == code, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc

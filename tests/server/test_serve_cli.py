@@ -5,13 +5,7 @@ an enrolled device carries on where it stopped."""
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,67 +13,13 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from cli_process import run_cli as cli
+from delivery_world import ServeProcess as Served
 from tinymlops.cli.app import app
 from tinymlops.crypto.keys import DeviceKeys
 from tinymlops.devices.client import DeviceClient
 from tinymlops.devices.request_auth import sign_request
 from tinymlops.errors import OperationError, ServerRequestError, TinyMLOpsError, UsageError
-
-
-def cli(ws: Path, *args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TINYMLOPS_WORKSPACE": str(ws), "COLUMNS": "200"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "tinymlops", *args], capture_output=True, text=True, env=env, timeout=120
-    )
-    assert proc.returncode == code, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc
-
-
-class Served:
-    """``tinymlops serve`` in a subprocess; its log goes to a file (never a pipe that could fill)."""
-
-    def __init__(self, ws: Path, log: Path, port: int = 0) -> None:
-        self.log = log
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tinymlops",
-                "serve",
-                "--port",
-                str(port),
-                "--workspace",
-                str(ws),
-                "--log-level",
-                "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=log.open("w"),
-            env={**os.environ, "COLUMNS": "200"},
-        )
-        deadline = time.monotonic() + 60
-        while True:
-            match = re.search(r"control plane on (http://127\.0\.0\.1:(\d+))", log.read_text())
-            if match:
-                self.url, self.port = match.group(1), int(match.group(2))
-                break
-            assert self.proc.poll() is None, f"serve exited: {log.read_text()}"
-            assert time.monotonic() < deadline, "serve did not start"
-            time.sleep(0.05)
-        while True:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert self.proc.poll() is None, f"serve exited: {log.read_text()}"
-            assert time.monotonic() < deadline, "serve did not answer"
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ import httpx
 import numpy as np
 import pytest
 
-from delivery_world import FAST, ServeProcess, X, cli, register_tiny
+from cli_process import run_cli as cli
+from delivery_world import FAST, ServeProcess, X, register_tiny
 from tinymlops.edge.agent.remote import connect
 from tinymlops.workspace import Workspace
 
