@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/venv.sh
+echo "== Chromium (browser tests)"
+scripts/browser.sh
 echo "== ruff"
 ruff check src tests benchmarks
 echo "== PostgreSQL"
