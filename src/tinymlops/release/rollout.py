@@ -37,6 +37,7 @@ TERMINAL = frozenset({"rolled_back"})
 AUTO = "auto"
 VERDICTS = ("pass", "fail", "wait")
 
+_GATES = frozenset({"min_reports", "min_soak_s"})
 _POSITION_DOMAIN = b"tinymlops/rollout-cohort/v1\x00"
 
 
@@ -154,7 +155,8 @@ class Verdict:
 
     @property
     def failed(self) -> tuple[CriterionCheck, ...]:
-        return tuple(c for c in self.checks if c.ok is False)
+        """The health criteria measured and violated (not the gates: reports and soak time)."""
+        return tuple(c for c in self.checks if c.ok is False and c.criterion not in _GATES)
 
     def to_dict(self) -> dict[str, Any]:
         return {"decision": self.decision, "reason": self.reason, "checks": [c.to_dict() for c in self.checks]}
