@@ -39,11 +39,8 @@ def create(
     from tinymlops.workspace import Workspace
 
     parsed = Scope.parse(scope)
-    ws = Workspace.open(workspace)
-    try:
+    with Workspace.open(workspace) as ws:
         record, secret = ApiKeyService(ws.engine).create(name, parsed, created_by="cli")
-    finally:
-        ws.close()
     if json_out:
         emit_json({**_key_dict(record), "key": secret})
         return
@@ -58,11 +55,8 @@ def list_keys(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> None
     from tinymlops.access.service import ApiKeyService
     from tinymlops.workspace import Workspace
 
-    ws = Workspace.open(workspace)
-    try:
+    with Workspace.open(workspace) as ws:
         keys = [_key_dict(k) for k in ApiKeyService(ws.engine).list()]
-    finally:
-        ws.close()
     if json_out:
         emit_json(keys)
         return
@@ -83,11 +77,8 @@ def revoke(
     from tinymlops.access.service import ApiKeyService
     from tinymlops.workspace import Workspace
 
-    ws = Workspace.open(workspace)
-    try:
+    with Workspace.open(workspace) as ws:
         record = ApiKeyService(ws.engine).revoke(key_id)
-    finally:
-        ws.close()
     if json_out:
         emit_json(_key_dict(record))
     else:

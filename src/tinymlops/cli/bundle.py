@@ -84,8 +84,7 @@ def build(
             wasm_modules[name] = Path(file).read_bytes()
         except OSError as exc:
             raise UsageError(f"{file}: cannot read WebAssembly module: {exc.strerror or exc}", file=file) from exc
-    ws = Workspace.open(workspace)
-    try:
+    with Workspace.open(workspace) as ws:
         result = build_bundle(
             ws,
             ref,
@@ -99,8 +98,6 @@ def build(
             out=out,
             check=not no_check,
         )
-    finally:
-        ws.close()
     if json_out:
         emit_json(result.to_dict())
         return

@@ -126,13 +126,12 @@ def _serve(result: Any) -> None:
     from tinymlops.server.background import BackgroundServer
     from tinymlops.workspace import Workspace
 
-    ws = Workspace.open(result.workspace)
     port = int(result.fleet.server_url.rsplit(":", 1)[1]) if result.fleet is not None else 0
-    try:
-        server = BackgroundServer(ws, port=port)
-    except OperationError:
-        server = BackgroundServer(ws)
-    with server:
-        err_console.print(f"control plane on {server.url} (workspace {ws.root}) — Ctrl-C stops it", highlight=False)
-        server.wait()
-    ws.close()
+    with Workspace.open(result.workspace) as ws:
+        try:
+            server = BackgroundServer(ws, port=port)
+        except OperationError:
+            server = BackgroundServer(ws)
+        with server:
+            err_console.print(f"control plane on {server.url} (workspace {ws.root}) — Ctrl-C stops it", highlight=False)
+            server.wait()

@@ -72,13 +72,10 @@ def token_create(
     from tinymlops.workspace import Workspace
 
     ttl_s = parse_duration(ttl)
-    ws = Workspace.open(workspace)
-    try:
+    with Workspace.open(workspace) as ws:
         service = EnrolmentService(ws.engine, ws.targets.get)
         record, secret = service.create_token(ttl_s=ttl_s, profile=profile, tags=tag or (), note=note)
         info = {**_token_dict(record, service.now()), "token": secret}
-    finally:
-        ws.close()
     if json_out:
         emit_json(info)
         return
@@ -94,13 +91,10 @@ def token_list(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> Non
     from tinymlops.devices.enrolment import EnrolmentService
     from tinymlops.workspace import Workspace
 
-    ws = Workspace.open(workspace)
-    try:
+    with Workspace.open(workspace) as ws:
         service = EnrolmentService(ws.engine, ws.targets.get)
         now = service.now()
         tokens = [_token_dict(t, now) for t in service.list_tokens()]
-    finally:
-        ws.close()
     if json_out:
         emit_json(tokens)
         return
@@ -124,11 +118,8 @@ def device_list(
     from tinymlops.devices.service import DeviceService
     from tinymlops.workspace import Workspace
 
-    ws = Workspace.open(workspace)
-    try:
+    with Workspace.open(workspace) as ws:
         devices = [_device_dict(d) for d in DeviceService(ws.engine).list(status=status)]
-    finally:
-        ws.close()
     if json_out:
         emit_json(devices)
         return
@@ -152,11 +143,8 @@ def device_show(
     from tinymlops.devices.service import DeviceService
     from tinymlops.workspace import Workspace
 
-    ws = Workspace.open(workspace)
-    try:
+    with Workspace.open(workspace) as ws:
         record = DeviceService(ws.engine).get(device_id)
-    finally:
-        ws.close()
     info = {**_device_dict(record), "profile_document": record.profile}
     if json_out:
         emit_json(info)
@@ -175,11 +163,8 @@ def device_revoke(
     from tinymlops.devices.service import DeviceService
     from tinymlops.workspace import Workspace
 
-    ws = Workspace.open(workspace)
-    try:
+    with Workspace.open(workspace) as ws:
         record = DeviceService(ws.engine).revoke(device_id)
-    finally:
-        ws.close()
     if json_out:
         emit_json(_device_dict(record))
     else:

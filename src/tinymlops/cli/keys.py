@@ -19,11 +19,8 @@ def init_keys(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> None
     from tinymlops.bundle.workspace_keys import init_keys as create_keys
     from tinymlops.workspace import Workspace
 
-    ws = Workspace.open(workspace)
-    try:
+    with Workspace.open(workspace) as ws:
         info = create_keys(ws)
-    finally:
-        ws.close()
     if json_out:
         emit_json(info)
         return

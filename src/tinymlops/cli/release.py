@@ -54,14 +54,11 @@ def create_cmd(
     from tinymlops.release.service import ReleaseService
     from tinymlops.workspace import Workspace
 
-    ws = Workspace.open(workspace)
-    try:
+    with Workspace.open(workspace) as ws:
         record = ReleaseService(ws).create_release(
             model, devices=device or None, tags=tag or (), urgent=urgent, created_by="cli"
         )
         doc = record.to_dict()
-    finally:
-        ws.close()
     if json_out:
         emit_json(doc)
     else:
@@ -78,11 +75,8 @@ def list_cmd(
     from tinymlops.release.service import ReleaseService
     from tinymlops.workspace import Workspace
 
-    ws = Workspace.open(workspace)
-    try:
+    with Workspace.open(workspace) as ws:
         docs = [r.to_dict(assignments=False) for r in ReleaseService(ws).list_releases(limit=limit)]
-    finally:
-        ws.close()
     if json_out:
         emit_json(docs)
         return
@@ -103,11 +97,8 @@ def show_cmd(
     from tinymlops.release.service import ReleaseService
     from tinymlops.workspace import Workspace
 
-    ws = Workspace.open(workspace)
-    try:
+    with Workspace.open(workspace) as ws:
         doc = ReleaseService(ws).get_release(release_id).to_dict()
-    finally:
-        ws.close()
     if json_out:
         emit_json(doc)
     else:

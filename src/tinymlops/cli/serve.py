@@ -42,8 +42,7 @@ def serve_cmd(
     from tinymlops.server import ServerSettings, create_app
     from tinymlops.workspace import Workspace
 
-    ws = Workspace.open(workspace)
-    try:
+    with Workspace.open(workspace) as ws:
         sock = _listen(host, port)
         bound_host, bound_port = sock.getsockname()[:2]
         settings = ServerSettings(
@@ -56,5 +55,3 @@ def serve_cmd(
         )
         server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=log_level == "debug"))
         server.run(sockets=[sock])
-    finally:
-        ws.close()
