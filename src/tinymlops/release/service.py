@@ -74,9 +74,11 @@ from tinymlops.errors import (
 )
 from tinymlops.registry.db import session_factory
 from tinymlops.registry.refs import parse_ref
+from tinymlops.release.health import HealthReportRecord, HealthReports
 from tinymlops.release.repository import RefreshResult, UpdateRepository
 from tinymlops.release.schema import DeviceDeploymentRow, InstallReportRow, ReleaseAssignmentRow, ReleaseRow
 from tinymlops.spec.context import DeviceContext
+from tinymlops.spec.health_report import HealthReport
 from tinymlops.spec.install_report import InstallReport
 from tinymlops.spec.profile import DeviceProfile
 from tinymlops.spec.update import TargetPath
@@ -278,6 +280,7 @@ class ReleaseService:
         self._clock = clock or _utcnow
         self._sessions = session_factory(workspace.engine)
         self._devices = DeviceService(workspace.engine)
+        self.health = HealthReports(workspace.engine, clock=self._now)
         self._repo: UpdateRepository | None = None
         self._repo_lock = threading.Lock()
         self._refresh_lock = threading.Lock()
@@ -639,6 +642,10 @@ class ReleaseService:
             deployment.updated_at = now
             session.commit()
             return _report_record(row)
+
+    def record_health(self, device_id: str, report: HealthReport) -> HealthReportRecord:
+        """Store an agent's health report about the bundle it runs (see :mod:`tinymlops.release.health`)."""
+        return self.health.record(device_id, report)
 
     def deployment(self, device_id: str) -> Deployment | None:
         with self._sessions() as session:

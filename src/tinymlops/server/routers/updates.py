@@ -17,13 +17,17 @@
     <tinymlops.release.service.ReleaseService.keep_fresh>`).
 ``POST /v1/devices/me/installs``
     The agent's report of one install attempt (:mod:`tinymlops.spec.install_report`).
+``POST /v1/devices/me/health``
+    The agent's report of the predictions, errors and latency of the bundle it runs
+    (:mod:`tinymlops.spec.health_report`): what rollout health gates and latency charts are made of.
 """
 
 from __future__ import annotations
 
 import base64
 import re
-from typing import Annotated
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path
 from fastapi.responses import FileResponse, Response
@@ -34,6 +38,8 @@ from tinymlops.release.service import REPOSITORY_PATH
 from tinymlops.server.deps import CurrentDevice, ServicesDep
 from tinymlops.server.error_responses import error_responses
 from tinymlops.server.routers.releases import InstallReportOut, InstallStatus
+from tinymlops.spec.context import NETWORKS, PREFERENCES
+from tinymlops.spec.health_report import MAX_LATENCY_MS, MAX_PREDICTIONS, HealthReport
 from tinymlops.spec.install_report import MAX_REASON_CHARS, MAX_TIMINGS, InstallReport
 
 router = APIRouter(tags=["updates"], responses=error_responses(400, 401, 403, 404, 413, 422))
@@ -78,6 +84,58 @@ class InstallReportIn(BaseModel):
     at: float = Field(0.0, ge=0, allow_inf_nan=False, description="The device's clock, seconds since the epoch.")
 
 
+class LatencyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    p50: float = Field(ge=0, le=MAX_LATENCY_MS, allow_inf_nan=False)
+    p95: float = Field(ge=0, le=MAX_LATENCY_MS, allow_inf_nan=False)
+    p99: float = Field(ge=0, le=MAX_LATENCY_MS, allow_inf_nan=False)
+    max: float = Field(ge=0, le=MAX_LATENCY_MS, allow_inf_nan=False)
+
+
+class ContextIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    spec_version: str = Field(pattern=r"^1\.[0-9]{1,4}$")
+    battery: float = Field(1.0, ge=0, le=1, allow_inf_nan=False)
+    charging: bool = False
+    network: Literal[NETWORKS] = "wifi"  # type: ignore[valid-type]
+    bandwidth_kbps: float | None = Field(None, gt=0, allow_inf_nan=False)
+    prefer: Literal[PREFERENCES] = "balanced"  # type: ignore[valid-type]
+
+
+class HealthReportIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    spec_version: str = Field(pattern=r"^1\.[0-9]{1,4}$")
+    bundle_id: str = Field(pattern=HEX32)
+    window_start: float = Field(ge=0, allow_inf_nan=False, description="The device's clock, seconds.")
+    window_end: float = Field(ge=0, allow_inf_nan=False, description="The device's clock, seconds.")
+    predictions: int = Field(ge=0, le=MAX_PREDICTIONS)
+    errors: int = Field(0, ge=0, le=MAX_PREDICTIONS)
+    latency_ms: LatencyIn | None = Field(None, description="Of the successful calls; null when there were none.")
+    context: ContextIn | None = None
+    at: float = Field(0.0, ge=0, allow_inf_nan=False)
+
+
+class HealthReportOut(BaseModel):
+    id: int
+    device_id: str
+    profile: str
+    release_id: str | None
+    ref: str | None
+    received_at: datetime
+    spec_version: str
+    bundle_id: str
+    window_start: float
+    window_end: float
+    predictions: int
+    errors: int
+    latency_ms: dict[str, float] | None
+    context: dict[str, Any] | None
+    at: float
+
+
 @router.get("/devices/me/bootstrap", response_model=BootstrapOut)
 def bootstrap(device: CurrentDevice, services: ServicesDep) -> BootstrapOut:
     """The calling device's trust anchors: TUF root, release keys, repository path, cohorts."""
@@ -96,6 +154,14 @@ def report_install(body: InstallReportIn, device: CurrentDevice, services: Servi
     """Record the calling device's report of one install attempt."""
     report = InstallReport.from_dict(body.model_dump())
     return InstallReportOut.of(services.releases.record_install(device.id, report))
+
+
+@router.post("/devices/me/health", status_code=201, response_model=HealthReportOut)
+def report_health(body: HealthReportIn, device: CurrentDevice, services: ServicesDep) -> HealthReportOut:
+    """Record the calling device's report of the predictions, errors and latency of the bundle it runs."""
+    report = HealthReport.from_dict(body.model_dump(exclude_none=False))  # SpecError (400): cross-field rules
+    record = services.releases.record_health(device.id, report)
+    return HealthReportOut(**record.to_dict())
 
 
 @router.get(
