@@ -9,7 +9,9 @@ Modules (each holds one thing):
   files, crash recovery;
 * :mod:`~tinymlops.edge.agent.install` — verify → stage → re-verify → open → smoke test → switch;
 * :mod:`~tinymlops.edge.agent.loop` — the :class:`Agent`: polling, back-off, context policy,
-  health-driven rollback, status reports;
+  health-driven rollback, status and health reports;
+* :mod:`~tinymlops.edge.agent.serving_stats` — what one bundle served (predictions, errors, a
+  latency histogram), window by window, for health reports;
 * :mod:`~tinymlops.edge.agent.source` — the :class:`UpdateSource` protocol, :class:`Offer`, and
   :class:`LocalDirectorySource`;
 * :mod:`~tinymlops.edge.agent.policy`, :mod:`~tinymlops.edge.agent.backoff`,
@@ -24,8 +26,9 @@ from tinymlops.edge.agent.backoff import Backoff
 from tinymlops.edge.agent.context import FileContext
 from tinymlops.edge.agent.health import HealthWatch
 from tinymlops.edge.agent.install import STATUSES, Installer, InstallResult
-from tinymlops.edge.agent.loop import Agent, AgentConfig, Cycle
+from tinymlops.edge.agent.loop import Agent, AgentConfig, Cycle, HealthSink
 from tinymlops.edge.agent.policy import Decision, DownloadPolicy
+from tinymlops.edge.agent.serving_stats import LatencyHistogram, PendingWindows, ServingStats, Window
 from tinymlops.edge.agent.slots import BundleInfo, Phase, SlotEntry, SlotState
 from tinymlops.edge.agent.source import LocalDirectorySource, Offer, OfferLike, UpdateSource, write_offer
 from tinymlops.edge.agent.store import Recovery, SlotStore
@@ -40,17 +43,22 @@ __all__ = [
     "Decision",
     "DownloadPolicy",
     "FileContext",
+    "HealthSink",
     "HealthWatch",
     "InstallResult",
     "Installer",
+    "LatencyHistogram",
     "LocalDirectorySource",
     "Offer",
     "OfferLike",
+    "PendingWindows",
     "Phase",
     "Recovery",
+    "ServingStats",
     "SlotEntry",
     "SlotState",
     "SlotStore",
     "UpdateSource",
+    "Window",
     "write_offer",
 ]

@@ -11,7 +11,11 @@ One cycle (:meth:`Agent.run_once`):
    the download now (large bundles wait for Wi-Fi unless urgent) -> ``deferred``;
 5. ``source.fetch()`` into ``incoming/``, then :meth:`Installer.install
    <tinymlops.edge.agent.install.Installer.install>`; the new runtime replaces the old one;
-6. the :class:`~tinymlops.edge.agent.install.InstallResult` goes to the reporter.
+6. the :class:`~tinymlops.edge.agent.install.InstallResult` goes to the reporter;
+7. health: whatever the check's outcome (but not when offline), at most once per
+   ``AgentConfig.health_interval`` seconds — and at once after the active bundle changed — the
+   active bundle's serving window is closed and every pending window goes to the health reporter
+   (:meth:`Agent.flush_health`).
 
 Errors from the context provider, the source or the disk make the agent back off (jittered,
 capped, exponential; reset by the next good cycle); a bundle that is refused or fails its smoke
@@ -22,13 +26,27 @@ The agent also serves predictions (:meth:`Agent.predict`) through the active run
 middleware chain ends with a :class:`~tinymlops.edge.agent.health.HealthWatch`: ``N`` failures in
 a row roll back to the previous slot (and refuse the bundle that failed).
 
+Health reports: with a ``health_reporter``, each activation of a bundle gets a
+:class:`~tinymlops.edge.agent.serving_stats.ServingStats` that its HealthWatch records every call
+into (predictions, errors, latency of the successful ones). When the active bundle changes
+(install, rollback, a rollback the server asks for, a restart), the old bundle's window is closed
+and queued at once — so the control plane gets the previous release's numbers on the same device
+as a baseline — and sent at the next cycle. A report the reporter does not take (it raised) stays
+queued (:class:`~tinymlops.edge.agent.serving_stats.PendingWindows`: one window per bundle, merged,
+at most ``MAX_PENDING_BUNDLES`` bundles) and is sent with the next one; a window is removed only
+once the reporter took it, so nothing is counted twice. Windows not yet handed to the reporter are
+in memory only: call :meth:`Agent.flush_health` before :meth:`Agent.close` to keep them. No network
+I/O ever happens on the prediction path. ``health_reporter=None`` turns reporting (and recording) off.
+
 Clock, timer, RNG, wait, context provider and reporter are injectable, so tests are deterministic.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import math
 import random
 import threading
 import time
@@ -46,6 +64,7 @@ from tinymlops.edge.agent.backoff import Backoff
 from tinymlops.edge.agent.health import HealthWatch
 from tinymlops.edge.agent.install import Installer, InstallResult, with_timing
 from tinymlops.edge.agent.policy import DEFAULT_LARGE_BUNDLE_BYTES, DownloadPolicy
+from tinymlops.edge.agent.serving_stats import PendingWindows, ServingStats
 from tinymlops.edge.agent.slots import SlotState
 from tinymlops.edge.agent.source import UpdateSource, check_offer, revoked_by
 from tinymlops.edge.agent.store import Recovery, SlotStore
@@ -53,13 +72,19 @@ from tinymlops.edge.middleware import Middleware, Response
 from tinymlops.edge.runtime import Runtime
 from tinymlops.errors import OperationError, SlotTransitionError, TinyMLOpsError, UsageError
 from tinymlops.spec.context import DeviceContext
+from tinymlops.spec.health_report import HealthReport
 
 log = logging.getLogger("tinymlops.edge.agent")
 
 #: how many refused offers (by file SHA-256) the agent remembers in memory
 MAX_REMEMBERED_OFFERS = 256
+#: replaced bundles whose stats are still read (at each flush) for calls that were in flight when
+#: they were replaced
+MAX_RETIRED_STATS = 4
 
 Reporter = Callable[[InstallResult], None]
+#: takes one health report durably (sent, or queued to be sent); raising means it did not take it
+HealthSink = Callable[[HealthReport], None]
 ContextProvider = Callable[[], DeviceContext]
 Wait = Callable[[threading.Event, float], bool]
 
@@ -68,7 +93,8 @@ Wait = Callable[[threading.Event, float], bool]
 class AgentConfig:
     """``poll_interval`` seconds between healthy polls (jittered by ``poll_jitter``); back-off
     ``backoff_base`` doubling (``backoff_factor``) up to ``backoff_cap`` with ``backoff_jitter``;
-    ``health_threshold`` consecutive failed predictions roll back."""
+    ``health_threshold`` consecutive failed predictions roll back; health reports go out at most
+    every ``health_interval`` seconds (0: every cycle), and at once after the active bundle changed."""
 
     poll_interval: float = 60.0
     poll_jitter: float = 0.1
@@ -81,6 +107,7 @@ class AgentConfig:
     require_check_vector: bool = True
     threads: int = 1
     copy_chunk_bytes: int = 64 * 1024
+    health_interval: float = 30.0
 
     def __post_init__(self) -> None:
         if not (isinstance(self.poll_interval, int | float) and self.poll_interval > 0):
@@ -91,6 +118,12 @@ class AgentConfig:
             raise UsageError(f"health_threshold must be a positive integer, got {self.health_threshold!r}")
         if isinstance(self.threads, bool) or not (isinstance(self.threads, int) and self.threads >= 1):
             raise UsageError(f"threads must be a positive integer, got {self.threads!r}")
+        if (
+            isinstance(self.health_interval, bool)
+            or not isinstance(self.health_interval, int | float)
+            or not 0 <= self.health_interval < math.inf
+        ):
+            raise UsageError(f"health_interval must be a finite number of seconds >= 0, got {self.health_interval!r}")
 
 
 @dataclass(frozen=True)
@@ -138,6 +171,7 @@ class Agent:
         config: AgentConfig | None = None,
         context: ContextProvider | None = None,
         reporter: Reporter | None = None,
+        health_reporter: HealthSink | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
         timer: Callable[[], float] = time.perf_counter,
@@ -160,6 +194,7 @@ class Agent:
         )
         self.context = context or DeviceContext
         self.reporter = reporter
+        self.health_reporter = health_reporter
         self.policy = DownloadPolicy(self.config.large_bundle_bytes)
         c = self.config
         self.backoff = Backoff(
@@ -180,6 +215,11 @@ class Agent:
         self._refused_offers: OrderedDict[str, str] = OrderedDict()
         self._deferred: str | None = None
         self.recovery: Recovery | None = None
+        self.health_pending = PendingWindows()
+        self._retired: list[ServingStats] = []
+        self._health_lock = threading.Lock()
+        self._health_at: float | None = None  # the timer when health was last flushed
+        self._health_now = False  # the active bundle changed: flush at the next cycle
 
     # --- lifecycle -----------------------------------------------------------------------
     def start(self) -> Recovery:
@@ -194,8 +234,7 @@ class Agent:
 
     def close(self) -> None:
         with self._lock:
-            self._runtime = None
-            self._watch = None
+            self._set_runtime(None)  # its window joins the pending ones (flush_health() sends them)
             self.store.close()
             self._started = False
 
@@ -248,11 +287,93 @@ class Agent:
         extra = self._extra_middleware() if self._extra_middleware is not None else []
         return [watch, *extra]
 
+    @property
+    def serving(self) -> ServingStats | None:
+        """The open serving window of the active bundle (None when reporting is off or nothing is active)."""
+        watch = self._watch
+        return None if watch is None else watch.stats
+
     def _set_runtime(self, runtime: Runtime | None) -> None:
-        self._runtime = runtime
-        self._watch = None
+        old = self._watch
+        watch = None
         if runtime is not None:
-            self._watch = next((m for m in runtime.middleware if isinstance(m, HealthWatch)), None)
+            watch = next((m for m in runtime.middleware if isinstance(m, HealthWatch)), None)
+            if watch is not None and self.health_reporter is not None:
+                bundle_id = runtime.manifest.bundle_id
+                watch.stats = ServingStats(bundle_id, clock=self.clock, timer=self.timer)
+        self._runtime = runtime
+        self._watch = watch
+        if old is not None and old.stats is not None:
+            self._retire(old.stats)
+
+    # --- health reports ----------------------------------------------------------------------
+    def _retire(self, stats: ServingStats) -> None:
+        """The bundle of ``stats`` is no longer active: close its window now and queue it."""
+        with self._health_lock:
+            window = stats.close()
+            if window is not None:
+                self.health_pending.add(window)
+            self._retired.append(stats)
+            del self._retired[:-MAX_RETIRED_STATS]
+            self._health_now = True
+
+    def _collect(self) -> None:
+        """Close the active window and the retired ones (calls in flight at the switch) into the queue."""
+        watch = self._watch
+        if watch is not None and watch.stats is not None:
+            window = watch.stats.close()
+            if window is not None:
+                self.health_pending.add(window)
+        for stats in self._retired:  # the last few replaced bundles, for calls that were in flight
+            window = stats.close()
+            if window is not None:
+                self.health_pending.add(window)
+
+    def flush_health(self, context: DeviceContext | None = None) -> int:
+        """Close the active bundle's window and hand every pending window to the health reporter,
+        oldest first, with ``context`` (default: the context provider's). Returns how many the
+        reporter took; stops at the first it does not take (that one and the rest stay queued)."""
+        reporter = self.health_reporter
+        if reporter is None:
+            return 0
+        if context is None:
+            try:
+                context = self.context()
+            except Exception:  # the report goes out without it
+                context = None
+        context = _reportable(context)
+        with self._health_lock:
+            self._collect()
+            windows = self.health_pending.drain()
+        sent = 0
+        for i, window in enumerate(windows):
+            try:
+                report = window.report(context, at=self.clock())
+            except TinyMLOpsError:  # cannot become valid by waiting: do not let it block the queue
+                log.exception("dropping a serving window of bundle %s that makes no valid report", window.bundle_id)
+                continue
+            try:
+                reporter(report)
+            except Exception as exc:  # kept: merged with what comes next, sent at the next flush
+                log.warning("health report not taken (kept for the next flush): %s", _describe(exc))
+                self.health_pending.put_back(windows[i:])
+                break
+            sent += 1
+        return sent
+
+    def _health_tick(self, context: DeviceContext) -> None:
+        if self.health_reporter is None:
+            return
+        now = self.timer()
+        due = self._health_at is None or now - self._health_at >= self.config.health_interval
+        if not (due or self._health_now):
+            return
+        self._health_at = now
+        self._health_now = False
+        try:
+            self.flush_health(context)
+        except Exception:  # reporting must never stop updates
+            log.exception("sending health reports failed")
 
     def _on_unhealthy(self, watch: HealthWatch, reason: str) -> None:
         """Called from inside a failing prediction: roll back; never let this replace that error."""
@@ -363,6 +484,12 @@ class Agent:
         if context.network == "offline":
             return Cycle("offline", self.backoff.poll_delay(self.config.poll_interval))
         try:
+            return self._poll(context)
+        finally:
+            self._health_tick(context)
+
+    def _poll(self, context: DeviceContext) -> Cycle:
+        try:
             offer = self.source.check()
         except Exception as exc:
             return self._error("checking for updates", exc)
@@ -442,4 +569,11 @@ class Agent:
                 break
 
 
-__all__ = ["Agent", "AgentConfig", "ContextProvider", "Cycle", "Reporter"]
+def _reportable(context: DeviceContext | None) -> DeviceContext | None:
+    """``context`` as a report can carry it (JSON has no infinity: an unbounded bandwidth is unknown)."""
+    if context is None or context.bandwidth_kbps is None or math.isfinite(context.bandwidth_kbps):
+        return context
+    return dataclasses.replace(context, bandwidth_kbps=None)
+
+
+__all__ = ["Agent", "AgentConfig", "ContextProvider", "Cycle", "HealthSink", "Reporter"]

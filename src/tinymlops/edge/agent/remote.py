@@ -24,10 +24,16 @@ no network to start, and picks up where a crash left it):
 
 The :class:`Connection` it returns holds a :class:`RemoteSource` — the TUF update source (this
 device's target, then its cohorts') whose every HTTP request is signed
-(:func:`signed_headers`) — and an :class:`InstallReporter` that POSTs each
-:class:`~tinymlops.edge.agent.install.InstallResult`. A report the server cannot take now
-(unreachable, 5xx, 401 from a skewed clock) waits in ``<data_dir>/reports/`` (written atomically)
-and is sent again before the next check; a failed report never stops the agent.
+(:func:`signed_headers`) — an :class:`InstallReporter` that POSTs each
+:class:`~tinymlops.edge.agent.install.InstallResult` to ``/v1/devices/me/installs``, and a
+:class:`HealthReporter` that POSTs each :class:`~tinymlops.spec.health_report.HealthReport` (the
+predictions, errors and latency of the bundle the agent runs) to ``/v1/devices/me/health``. Each
+report is first written atomically to a queue on disk — install reports in
+``<data_dir>/reports/``, health reports in ``<data_dir>/reports/health/`` — at most
+``MAX_PENDING_REPORTS`` each (the oldest are dropped beyond that), then sent oldest first. A
+report the server cannot take now (unreachable, 5xx, 401 from a skewed clock) stays queued and is
+sent again before the next check; one it refuses for good (400, 413, 422) is dropped; a failed
+report never stops the agent.
 
 Edge closure: the standard library, ``cryptography``, python-tuf's client and the device halves of
 :mod:`tinymlops.devices` — no server, database or training stack.
@@ -60,6 +66,7 @@ from tinymlops.errors import (
     TinyMLOpsError,
     UsageError,
 )
+from tinymlops.spec.health_report import HealthReport
 from tinymlops.spec.install_report import InstallReport
 
 log = logging.getLogger("tinymlops.edge.agent.remote")
@@ -67,9 +74,12 @@ log = logging.getLogger("tinymlops.edge.agent.remote")
 KEYS_DIR = "keys"
 TRUSTED_DIR = "trusted"
 REPORTS_DIR = "reports"
+#: health reports queue apart from install reports (each queue reads only its own kind)
+HEALTH_REPORTS_DIR = "reports/health"
 BOOTSTRAP_PATH = "/v1/devices/me/bootstrap"
 INSTALLS_PATH = "/v1/devices/me/installs"
-#: install reports kept while the server is unreachable (the oldest are dropped beyond this)
+HEALTH_PATH = "/v1/devices/me/health"
+#: reports of each kind kept while the server is unreachable (the oldest are dropped beyond this)
 MAX_PENDING_REPORTS = 200
 #: statuses after which the server will never take a report: drop it rather than retry forever
 PERMANENT_REFUSALS = (400, 413, 422)
@@ -89,23 +99,23 @@ def signed_headers(keys: DeviceKeys, *, clock: Callable[[], float] = time.time) 
     return headers
 
 
-# --- install reports ---------------------------------------------------------------------------
-class InstallReporter:
-    """The agent's reporter: queue each result durably, then send what is queued, oldest first."""
+# --- reports -----------------------------------------------------------------------------------
+class _ReportQueue:
+    """A durable queue of one kind of report: written atomically, sent oldest first to ``path``."""
+
+    kind = "report"
+    path = ""
 
     def __init__(self, client: DeviceClient, directory: Path | str, *, max_pending: int = MAX_PENDING_REPORTS):
         self.client = client
         self.directory = Path(directory)
         self.max_pending = max_pending
         self.sent = 0
+        self.dropped = 0
 
-    def __call__(self, result: InstallResult) -> None:
-        try:
-            self.enqueue(InstallReport.from_result_dict(result.to_dict()))
-        except (TinyMLOpsError, OSError) as exc:  # never let reporting break an install
-            log.warning("could not queue an install report: %s", exc)
-            return
-        self.flush()
+    @staticmethod
+    def _check(doc: Any) -> None:
+        """Raise a TinyMLOpsError when ``doc`` is not a report of this kind."""
 
     def pending(self) -> list[Path]:
         try:
@@ -113,11 +123,13 @@ class InstallReporter:
         except OSError:
             return []
 
-    def enqueue(self, report: InstallReport) -> Path:
+    def _enqueue(self, doc: dict[str, Any]) -> Path:
         name = f"{time.time_ns():020d}-{secrets.token_hex(4)}.json"
-        path = write_file_atomic(self.directory / name, json.dumps(report.to_dict()).encode("utf-8"))
+        data = json.dumps(doc, allow_nan=False).encode("utf-8")
+        path = write_file_atomic(self.directory / name, data)
         for old in self.pending()[: -self.max_pending]:
             old.unlink(missing_ok=True)
+            self.dropped += 1
         return path
 
     def flush(self) -> int:
@@ -127,44 +139,101 @@ class InstallReporter:
         for path in self.pending():
             try:
                 doc = json.loads(path.read_bytes())
-                InstallReport.from_dict(doc)
+                self._check(doc)
             except (OSError, ValueError, TinyMLOpsError):
-                log.warning("dropping unreadable queued install report %s", path.name)
+                log.warning("dropping unreadable queued %s %s", self.kind, path.name)
                 path.unlink(missing_ok=True)
+                self.dropped += 1
                 continue
             try:
-                self.client.request("POST", INSTALLS_PATH, json_body=doc)
+                self.client.request("POST", self.path, json_body=doc)
             except ServerRequestError as exc:
                 if isinstance(exc, ServerUnreachableError) or exc.status not in PERMANENT_REFUSALS:
-                    log.info("install report not sent (will retry): %s", exc.message)
+                    log.info("%s not sent (will retry): %s", self.kind, exc.message)
                     break
-                log.warning("the server refused an install report for good; dropped: %s", exc.message)
+                log.warning("the server refused a %s for good; dropped: %s", self.kind, exc.message)
+                self.dropped += 1
             except (TinyMLOpsError, OSError) as exc:
-                log.info("install report not sent (will retry): %s", exc)
+                log.info("%s not sent (will retry): %s", self.kind, exc)
                 break
+            else:
+                sent += 1
             path.unlink(missing_ok=True)
-            sent += 1
         self.sent += sent
         return sent
 
 
-class RemoteSource:
-    """The agent's update source over the server's TUF repository; sends queued install reports
-    before each check (a report failure never fails the check)."""
+class InstallReporter(_ReportQueue):
+    """The agent's install reporter: queue each result durably, then send what is queued, oldest first."""
 
-    def __init__(self, updates: TufUpdateSource, reporter: InstallReporter) -> None:
+    kind = "install report"
+    path = INSTALLS_PATH
+
+    @staticmethod
+    def _check(doc: Any) -> None:
+        InstallReport.from_dict(doc)
+
+    def __call__(self, result: InstallResult) -> None:
+        try:
+            self.enqueue(InstallReport.from_result_dict(result.to_dict()))
+        except (TinyMLOpsError, OSError, ValueError) as exc:  # never let reporting break an install
+            log.warning("could not queue an install report: %s", exc)
+            return
+        self.flush()
+
+    def enqueue(self, report: InstallReport) -> Path:
+        return self._enqueue(report.to_dict())
+
+
+class HealthReporter(_ReportQueue):
+    """The agent's health reporter (a :data:`~tinymlops.edge.agent.loop.HealthSink`): queue each
+    report durably, then send what is queued, oldest first.
+
+    A report is *taken* once it is on disk: a send that fails leaves it queued for the next flush
+    (before the next check, or with the next report). Only a report that cannot be written raises,
+    so the agent keeps that window in memory and merges it into the next one."""
+
+    kind = "health report"
+    path = HEALTH_PATH
+
+    @staticmethod
+    def _check(doc: Any) -> None:
+        HealthReport.from_dict(doc)
+
+    def __call__(self, report: HealthReport) -> None:
+        self.enqueue(report)  # OSError / ValueError propagate: the agent keeps the window
+        try:
+            self.flush()
+        except Exception as exc:  # it is queued: sending is best effort
+            log.warning("flushing health reports failed: %s", exc)
+
+    def enqueue(self, report: HealthReport) -> Path:
+        return self._enqueue(report.to_dict())
+
+
+class RemoteSource:
+    """The agent's update source over the server's TUF repository; sends queued install (and
+    health) reports before each check (a report failure never fails the check)."""
+
+    def __init__(
+        self, updates: TufUpdateSource, reporter: InstallReporter, health: HealthReporter | None = None
+    ) -> None:
         self.updates = updates
         self.reporter = reporter
+        self.health = health
 
     @property
     def target_paths(self) -> list[str]:
         return list(self.updates.target_paths)
 
     def check(self) -> Offer | None:
-        try:
-            self.reporter.flush()
-        except Exception as exc:  # reporting is best effort
-            log.warning("flushing install reports failed: %s", exc)
+        for queue in (self.reporter, self.health):
+            if queue is None:
+                continue
+            try:
+                queue.flush()
+            except Exception as exc:  # reporting is best effort
+                log.warning("flushing %ss failed: %s", queue.kind, exc)
         return self.updates.check()
 
     def fetch(self, offer: Offer, dest_dir: Path) -> Path:
@@ -185,17 +254,22 @@ class Connection:
     updates: UpdateClient
     source: RemoteSource
     reporter: InstallReporter
+    health_reporter: HealthReporter | None = None
 
     @property
     def device_id(self) -> str:
         return self.keys.device_id
 
     def agent(self, **kwargs: Any) -> Any:
-        """An :class:`~tinymlops.edge.agent.loop.Agent` over this connection (``kwargs``: config, context, …)."""
+        """An :class:`~tinymlops.edge.agent.loop.Agent` over this connection (``kwargs``: config, context, …).
+
+        Install results go to ``reporter=`` (if given) and then to the server; health reports go to
+        the server, or to ``health_reporter=`` instead when given (``None`` turns them off)."""
         from tinymlops.edge.agent.loop import Agent
 
         reporter = kwargs.pop("reporter", None)
         report = self.reporter if reporter is None else _both(reporter, self.reporter)
+        kwargs.setdefault("health_reporter", self.health_reporter)
         return Agent(self.data_dir, self.source, self.keys, self.trusted_keys, reporter=report, **kwargs)
 
 
@@ -313,8 +387,11 @@ def connect(
         data_dir, client.server_url + repository_path, headers=signed_headers(client_keys, clock=clock)
     )
     reporter = InstallReporter(client, data_dir / REPORTS_DIR)
-    source = RemoteSource(TufUpdateSource(updates, client_keys.device_id, state.tags), reporter)
-    return Connection(client.server_url, data_dir, client_keys, state, trusted, client, updates, source, reporter)
+    health = HealthReporter(client, data_dir / HEALTH_REPORTS_DIR)
+    source = RemoteSource(TufUpdateSource(updates, client_keys.device_id, state.tags), reporter, health)
+    return Connection(
+        client.server_url, data_dir, client_keys, state, trusted, client, updates, source, reporter, health
+    )
 
 
 def describe(data_dir: Path | str) -> dict[str, Any]:
@@ -326,13 +403,16 @@ def describe(data_dir: Path | str) -> dict[str, Any]:
         out["tuf"] = UpdateClient(data_dir, "http://unused.invalid/").trusted_versions()
     out["trusted_release_keys"] = [p.name for p in _trusted_files(data_dir)]
     out["pending_reports"] = len(list((data_dir / REPORTS_DIR).glob("*.json")))
+    out["pending_health_reports"] = len(list((data_dir / HEALTH_REPORTS_DIR).glob("*.json")))
     return out
 
 
 __all__ = [
     "BOOTSTRAP_PATH",
+    "HEALTH_PATH",
     "INSTALLS_PATH",
     "Connection",
+    "HealthReporter",
     "InstallReporter",
     "RemoteSource",
     "connect",
