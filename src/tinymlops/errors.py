@@ -76,11 +76,6 @@ class SlotTransitionError(UsageError):
     (staging while an install is pending, committing a bundle that was not smoke-tested, …)."""
 
 
-class RolloutTransitionError(UsageError):
-    """A rollout was asked for a transition that is not legal in its current state (promoting a
-    halted rollout, resuming one that is rolled back, …). ``action`` and ``status`` name both."""
-
-
 # --- the other side sent bad or hostile data ---------------------------------------------
 class InvalidInputError(TinyMLOpsError):
     """Data handed to tinymlops is malformed, corrupt or hostile."""
@@ -180,6 +175,11 @@ class AccessDeniedError(UsageError):
 class ConflictError(UsageError):
     """The request conflicts with the current state: an enrolment token already used, a device
     already enrolled (HTTP 409)."""
+
+
+class RolloutTransitionError(ConflictError):
+    """A rollout was asked for a transition that is not legal in its current state (promoting a
+    halted rollout, resuming one that is rolled back, …). ``action`` and ``status`` name both (HTTP 409)."""
 
 
 # --- well-formed requests that failed -----------------------------------------------------

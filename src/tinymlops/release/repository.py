@@ -384,6 +384,13 @@ class RepositoryEdit:
         )
         return self.put(tp, data, info)
 
+    def get(self, target_path: str | TargetPath) -> PublishedTarget | None:
+        """What this edit would publish at ``target_path`` (None when nothing)."""
+        tp = target_path if isinstance(target_path, TargetPath) else TargetPath.parse(target_path)
+        name, md = self._bin_for(tp.path)
+        target = md.signed.targets.get(tp.path)
+        return None if target is None else PublishedTarget.from_target_file(target, name)
+
     def unpublish(self, target_path: str | TargetPath) -> PublishedTarget:
         """Withdraw the target at ``target_path`` (:class:`NotFoundError` if none is published)."""
         tp = target_path if isinstance(target_path, TargetPath) else TargetPath.parse(target_path)

@@ -46,10 +46,11 @@ Server side: imports the registry, targets, bundle builder and SQLAlchemy.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import shutil
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -76,17 +77,27 @@ from tinymlops.registry.db import session_factory
 from tinymlops.registry.refs import parse_ref
 from tinymlops.release.health import HealthReportRecord, HealthReports
 from tinymlops.release.repository import RefreshResult, UpdateRepository
-from tinymlops.release.schema import DeviceDeploymentRow, InstallReportRow, ReleaseAssignmentRow, ReleaseRow
+from tinymlops.release.rollouts import Rollouts
+from tinymlops.release.schema import (
+    DeviceDeploymentRow,
+    InstallReportRow,
+    ReleaseAssignmentRow,
+    ReleaseRow,
+    RolloutRow,
+)
 from tinymlops.spec.context import DeviceContext
 from tinymlops.spec.health_report import HealthReport
 from tinymlops.spec.install_report import InstallReport
 from tinymlops.spec.profile import DeviceProfile
+from tinymlops.spec.rollout import RolloutPlan
 from tinymlops.spec.update import TargetPath
 from tinymlops.targets.registry_candidates import candidates_for
 from tinymlops.targets.selection import Candidate, select_variant
 
 if TYPE_CHECKING:
     from tinymlops.workspace.workspace import Workspace
+
+log = logging.getLogger("tinymlops.release")
 
 RELEASES_DIR = "releases"
 BUNDLE_SUFFIX = ".tmlb"
@@ -163,6 +174,9 @@ class Assignment:
     selection: dict[str, Any]
     latest_report: InstallReportRecord | None = None
     deployment: Deployment | None = None
+    stage: int | None = None  # the first rollout stage that includes the device
+    published_at: datetime | None = None  # when its bundle was offered (None: its stage is not reached yet)
+    withdrawn_at: datetime | None = None  # when a rollback took it back
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -176,6 +190,9 @@ class Assignment:
             "size_bytes": self.size_bytes,
             "target_path": self.target_path,
             "selection": self.selection,
+            "stage": self.stage,
+            "published_at": _iso(self.published_at),
+            "withdrawn_at": _iso(self.withdrawn_at),
             "latest_report": None if self.latest_report is None else self.latest_report.to_dict(),
             "deployment": None if self.deployment is None else self.deployment.to_dict(),
         }
@@ -195,6 +212,8 @@ class ReleaseRecord:
     created_at: datetime
     snapshot_version: int | None
     assignments: tuple[Assignment, ...] = field(default_factory=tuple)
+    #: status, stage and stage name of the release's rollout (None for an empty release)
+    rollout: dict[str, Any] | None = None
 
     @property
     def published(self) -> list[Assignment]:
@@ -225,6 +244,7 @@ class ReleaseRecord:
             "snapshot_version": self.snapshot_version,
             "published": len(self.published),
             "skipped": len(self.skipped),
+            "rollout": self.rollout,
         }
         if assignments:
             out["assignments"] = [a.to_dict() for a in self.assignments]
@@ -268,6 +288,14 @@ class _Planned:
     selection: dict[str, Any] = field(default_factory=dict)
 
 
+def _rollout_plan(plan: RolloutPlan | Mapping[str, Any] | None) -> RolloutPlan | None:
+    if plan is None or isinstance(plan, RolloutPlan):
+        return plan
+    if isinstance(plan, Mapping):
+        return RolloutPlan.from_dict(plan)  # SpecError names what is wrong
+    raise UsageError(f"plan must be a RolloutPlan, a rollout plan document or None, got {type(plan).__name__}")
+
+
 # --- the service ------------------------------------------------------------------------------
 class ReleaseService:
     """Releases, install reports and the update repository of one workspace.
@@ -281,6 +309,7 @@ class ReleaseService:
         self._sessions = session_factory(workspace.engine)
         self._devices = DeviceService(workspace.engine)
         self.health = HealthReports(workspace.engine, clock=self._now)
+        self.rollouts = Rollouts(self)
         self._repo: UpdateRepository | None = None
         self._repo_lock = threading.Lock()
         self._refresh_lock = threading.Lock()
@@ -380,7 +409,7 @@ class ReleaseService:
             plan.reason = f"the device's enrolled profile does not parse: {exc.message}"
             return plan
         plan.profile_name = profile.name
-        context = DeviceContext()
+        context = self.health.latest_context(device.id) or DeviceContext()
         if explicit_ref is not None:
             plan.ref = explicit_ref
             plan.selection = {"explicit": True, "reason": "a full variant ref was given"}
@@ -428,8 +457,12 @@ class ReleaseService:
         tags: Iterable[str] = (),
         urgent: bool = False,
         created_by: str = "",
+        plan: RolloutPlan | Mapping[str, Any] | None = None,
     ) -> ReleaseRecord:
-        """Select, build and publish a release (see the module docstring); returns it as recorded."""
+        """Select, build and publish a release (see the module docstring); returns it as recorded.
+
+        With a rollout ``plan`` only the first stage's devices are published to now; the rest follow
+        stage by stage (:mod:`tinymlops.release.rollouts`). Without one, every device at once."""
         if not isinstance(urgent, bool):
             raise UsageError(f"urgent must be true or false, got {urgent!r}")
         tag_list = sorted(set(tags))
@@ -442,6 +475,16 @@ class ReleaseService:
         else:
             _, candidates = candidates_for(registry, str(parsed))
         targets = self._targets(devices, tag_list)
+        rollout_plan = _rollout_plan(plan)
+        with self._sessions() as session:
+            busy = self.rollouts.busy_devices(session, [d.id for d in targets])
+        if busy:
+            held = ", ".join(f"{d} (release {r})" for d, r in sorted(busy.items())[:5])
+            raise ConflictError(
+                f"{len(busy)} device(s) are in a rollout that has not finished: {held}; complete, roll back or "
+                "let it finish first",
+                devices=sorted(busy),
+            )
 
         release_id = secrets.token_hex(8)
         out_dir = self.workspace.root / RELEASES_DIR / release_id
@@ -489,9 +532,7 @@ class ReleaseService:
                 if published:
                     repo = self.repository
                     with repo.edit() as edit:
-                        for p in published:
-                            assert p.path is not None
-                            edit.publish(p.path, device=p.device.id, urgent=urgent, release_id=release_id)
+                        self.rollouts.create(session, edit, release_id, rollout_plan, actor=created_by or "unknown")
                     release_row = session.get(ReleaseRow, release_id)
                     assert release_row is not None
                     release_row.snapshot_version = self._timestamp()[1]
@@ -549,8 +590,20 @@ class ReleaseService:
                     selection=dict(a.selection or {}),
                     latest_report=latest.get((a.device_id, a.bundle_id or "")),
                     deployment=deployments.get(a.device_id),
+                    stage=a.stage,
+                    published_at=aware(a.published_at),
+                    withdrawn_at=aware(a.withdrawn_at),
                 )
             )
+        rollouts = {
+            row.release_id: {
+                "status": row.status,
+                "stage": row.stage,
+                "stage_name": RolloutPlan.from_dict(row.plan).stages[row.stage].name,
+                "stages": len(row.plan.get("stages", ())),
+            }
+            for row in session.scalars(select(RolloutRow).where(RolloutRow.release_id.in_(ids))).all()
+        }
         out = []
         for r in rows:
             created = aware(r.created_at)
@@ -569,6 +622,7 @@ class ReleaseService:
                     created_at=created,
                     snapshot_version=r.snapshot_version,
                     assignments=tuple(by_release[r.id]),
+                    rollout=rollouts.get(r.id),
                 )
             )
         return out
@@ -641,11 +695,32 @@ class ReleaseService:
             deployment.last_reason = report.reason
             deployment.updated_at = now
             session.commit()
-            return _report_record(row)
+            record = _report_record(row)
+        self._advance_quietly(record.release_id)
+        return record
+
+    def _advance_quietly(self, release_id: str | None) -> None:
+        """Judge the rollout a device's report is about; its failure never fails the report."""
+        if release_id is None:
+            return
+        try:
+            self.rollouts.advance(release_id)
+        except Exception:  # logged: the report is stored and the next report or poll tries again
+            log.exception("advancing the rollout of release %s failed", release_id)
 
     def record_health(self, device_id: str, report: HealthReport) -> HealthReportRecord:
         """Store an agent's health report about the bundle it runs (see :mod:`tinymlops.release.health`)."""
-        return self.health.record(device_id, report)
+        record = self.health.record(device_id, report)
+        self._advance_quietly(record.release_id)
+        return record
+
+    def tick(self) -> None:
+        """What the server does when a device polls: keep the timestamp fresh, move rollouts along
+        (throttled; errors are logged, never passed to the device)."""
+        try:
+            self.rollouts.tick()
+        except Exception:
+            log.exception("advancing rollouts failed")
 
     def deployment(self, device_id: str) -> Deployment | None:
         with self._sessions() as session:

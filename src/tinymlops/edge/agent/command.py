@@ -134,6 +134,7 @@ def _run(args: argparse.Namespace) -> int:
         _emit(result.to_dict())
 
     reporter: Any = emit_result
+    health_reporter: Any = None
     if args.server is not None:
         connection = _connect(args, stop)
         if connection is None:
@@ -145,6 +146,8 @@ def _run(args: argparse.Namespace) -> int:
         def reporter(result: Any) -> None:
             emit_result(result)
             connection.reporter(result)
+
+        health_reporter = connection.health_reporter
 
         _emit({"event": "connected", "server": connection.server_url, "device_id": connection.device_id})
     else:
@@ -170,6 +173,7 @@ def _run(args: argparse.Namespace) -> int:
         config=config,
         context=FileContext(args.context_file) if args.context_file else None,
         reporter=reporter,
+        health_reporter=health_reporter,
     )
     with agent:
         _emit(agent.start().to_dict())
@@ -178,6 +182,8 @@ def _run(args: argparse.Namespace) -> int:
             _emit(cycle.to_dict())
             return 0
         agent.run_forever(stop)
+        if health_reporter is not None:
+            agent.flush_health()  # the last window goes out (or to the on-disk queue) before exit
     return 0
 
 

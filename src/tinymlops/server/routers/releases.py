@@ -1,5 +1,8 @@
 """Releases: create (scope ``release``), list and show (scope ``read``) — with every device's
-assignment, its latest install report and the bundle the device reports running."""
+assignment, its latest install report and the bundle the device reports running — and their staged
+rollouts: ``GET /releases/{id}/rollout`` (scope ``read``) shows the state, the health of the stages
+reached and every transition; ``POST /releases/{id}/rollout/{promote|pause|resume|rollback}``
+(scope ``release``) acts by hand, recorded with the API key that did it."""
 
 from __future__ import annotations
 
@@ -10,10 +13,13 @@ from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from tinymlops.devices.enrolment import MAX_TAGS, TAG
+from tinymlops.release.rollout import STATUSES
+from tinymlops.release.rollouts import RolloutStatus
 from tinymlops.release.service import MAX_LIST, Assignment, Deployment, InstallReportRecord, ReleaseRecord
 from tinymlops.server.deps import DEVICE_ID_PATTERN, ReadKey, ReleaseKey, ServicesDep
 from tinymlops.server.error_responses import error_responses
 from tinymlops.spec.install_report import INSTALL_STATUSES
+from tinymlops.spec.rollout import MAX_LATENCY_RATIO, MAX_SOAK_S, MAX_STAGES
 
 router = APIRouter(prefix="/releases", tags=["releases"], responses=error_responses(400, 401, 403, 404, 413, 422))
 
@@ -23,6 +29,33 @@ assert set(INSTALL_STATUSES) == set(InstallStatus.__args__)  # type: ignore[attr
 MAX_RELEASE_DEVICES = 10_000
 #: NAME[:VERSION|:latest][/VARIANT[/VARIANT…]] (tinymlops.registry.refs)
 MODEL_REF = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}(?::(?:latest|[1-9][0-9]{0,8}))?(?:/[a-z0-9][a-z0-9_.-]{0,62}){0,8}$"
+
+
+class HealthCriteriaIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    min_install_success_rate: float = Field(0.95, ge=0, le=1, allow_inf_nan=False)
+    max_smoke_failure_rate: float = Field(0.0, ge=0, le=1, allow_inf_nan=False)
+    max_error_rate: float = Field(0.05, ge=0, le=1, allow_inf_nan=False)
+    max_latency_ratio: float = Field(1.5, gt=0, le=MAX_LATENCY_RATIO, allow_inf_nan=False)
+    min_reports: int = Field(1, ge=1, le=1_000_000)
+    min_soak_s: float = Field(0.0, ge=0, le=MAX_SOAK_S, allow_inf_nan=False)
+
+
+class RolloutStageIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+    fraction: float = Field(gt=0, le=1, allow_inf_nan=False)
+    health: HealthCriteriaIn = Field(default_factory=HealthCriteriaIn)
+
+
+class RolloutPlanIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    spec_version: str = Field("1.0", pattern=r"^1\.[0-9]{1,4}$")
+    on_failure: Literal["rollback", "halt"] = "rollback"
+    stages: list[RolloutStageIn] = Field(min_length=1, max_length=MAX_STAGES)
 
 
 class ReleaseCreate(BaseModel):
@@ -41,6 +74,10 @@ class ReleaseCreate(BaseModel):
         default_factory=list, max_length=MAX_TAGS, description="Only devices carrying every one of these tags."
     )
     urgent: StrictBool = Field(False, description="Devices may download it even on a metered network.")
+    plan: RolloutPlanIn | None = Field(
+        None,
+        description="Roll out in stages (tinymlops.spec.rollout); without a plan every device gets it at once.",
+    )
 
 
 class InstallReportOut(BaseModel):
@@ -88,6 +125,9 @@ class AssignmentOut(BaseModel):
     size_bytes: int | None
     target_path: str | None
     selection: dict[str, Any]
+    stage: int | None
+    published_at: datetime | None
+    withdrawn_at: datetime | None
     latest_report: InstallReportOut | None
     deployment: DeploymentOut | None
 
@@ -97,6 +137,67 @@ class AssignmentOut(BaseModel):
         doc["latest_report"] = None if a.latest_report is None else InstallReportOut.of(a.latest_report)
         doc["deployment"] = None if a.deployment is None else DeploymentOut.of(a.deployment)
         return cls(**doc)
+
+
+RolloutStatusName = Literal["pending", "running", "paused", "halted", "rolling_back", "rolled_back", "completed"]
+assert set(STATUSES) == set(RolloutStatusName.__args__)  # type: ignore[attr-defined]
+
+
+class RolloutSummaryOut(BaseModel):
+    status: RolloutStatusName
+    stage: int
+    stage_name: str
+    stages: int
+
+
+class TransitionOut(BaseModel):
+    release_id: str
+    from_status: RolloutStatusName
+    from_stage: int
+    to_status: RolloutStatusName
+    to_stage: int
+    reason: str
+    actor: str
+    at: float
+
+
+class StageProgressOut(BaseModel):
+    index: int
+    name: str
+    fraction: float
+    devices: int
+    published: int
+    installed: int
+    failed: int
+    reached: bool
+    health: dict[str, float | int]
+
+
+class RolloutOut(BaseModel):
+    release_id: str
+    status: RolloutStatusName
+    stage: int
+    stage_name: str
+    stage_started_at: float | None
+    updated_at: float | None
+    version: int
+    plan: dict[str, Any]
+    health: dict[str, Any] | None = Field(description="What the devices of the stages reached reported.")
+    verdict: dict[str, Any] | None = Field(description="The last automatic verdict, with every check.")
+    stages: list[StageProgressOut]
+    transitions: list[TransitionOut]
+    devices_back: int | None
+    devices_withdrawn: int | None
+
+    @classmethod
+    def of(cls, status: RolloutStatus) -> RolloutOut:
+        return cls(**status.to_dict())
+
+
+class RolloutActionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(None, min_length=1, max_length=1000, description="Why (recorded with the transition).")
 
 
 class ReleaseSummaryOut(BaseModel):
@@ -113,6 +214,7 @@ class ReleaseSummaryOut(BaseModel):
     snapshot_version: int | None
     published: int
     skipped: int
+    rollout: RolloutSummaryOut | None
 
     @classmethod
     def of(cls, r: ReleaseRecord) -> ReleaseSummaryOut:
@@ -131,7 +233,12 @@ class ReleaseOut(ReleaseSummaryOut):
 def create_release(body: ReleaseCreate, services: ServicesDep, key: ReleaseKey) -> ReleaseOut:
     """Select a variant per device, build bundles encrypted to each, publish them in one TUF commit."""
     record = services.releases.create_release(
-        body.model, devices=body.devices, tags=body.tags, urgent=body.urgent, created_by=f"api-key:{key.id}"
+        body.model,
+        devices=body.devices,
+        tags=body.tags,
+        urgent=body.urgent,
+        created_by=f"api-key:{key.id}",
+        plan=None if body.plan is None else body.plan.model_dump(),
     )
     return ReleaseOut.of(record)
 
@@ -148,3 +255,30 @@ def list_releases(
 def show_release(release_id: ReleaseIdPath, services: ServicesDep, _key: ReadKey) -> ReleaseOut:
     """A release with every device's assignment, latest install report and current deployment."""
     return ReleaseOut.of(services.releases.get_release(release_id))
+
+
+@router.get("/{release_id}/rollout", response_model=RolloutOut)
+def show_rollout(release_id: ReleaseIdPath, services: ServicesDep, _key: ReadKey) -> RolloutOut:
+    """The release's rollout: state, health of the stages reached, progress per stage, every transition."""
+    return RolloutOut.of(services.releases.rollouts.status(release_id))
+
+
+@router.post("/{release_id}/rollout/{action}", response_model=RolloutOut, responses=error_responses(409))
+def act_on_rollout(
+    release_id: ReleaseIdPath,
+    action: Annotated[Literal["promote", "pause", "resume", "rollback"], Path(description="What to do.")],
+    services: ServicesDep,
+    key: ReleaseKey,
+    body: RolloutActionIn | None = None,
+) -> RolloutOut:
+    """Promote to the next stage, pause, resume (a paused or halted rollout) or roll back — by hand,
+    recorded with the API key that did it. An action the rollout's state does not allow is a 409."""
+    rollouts = services.releases.rollouts
+    act = {
+        "promote": rollouts.promote,
+        "pause": rollouts.pause,
+        "resume": rollouts.resume,
+        "rollback": rollouts.rollback,
+    }
+    reason = None if body is None else body.reason
+    return RolloutOut.of(act[action](release_id, actor=f"api-key:{key.id}", reason=reason))

@@ -178,8 +178,10 @@ def tuf_metadata(
     if not re.fullmatch(METADATA_NAME, name):
         raise InvalidInputError(f"not a metadata file name this repository serves: {name!r:.80}")
     releases = services.releases
-    if name == "timestamp.json" and services.settings.tuf_refresh:
-        releases.keep_fresh()
+    if name == "timestamp.json":
+        if services.settings.tuf_refresh:
+            releases.keep_fresh()
+        releases.tick()  # rollouts move along as devices poll (throttled)
     path = releases.repository.resolve(f"metadata/{name}")
     return Response(path.read_bytes(), media_type="application/json", headers={"Cache-Control": "no-store"})
 
