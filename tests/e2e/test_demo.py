@@ -49,16 +49,31 @@ def test_demo_runs_end_to_end(tmp_path) -> None:
         (kws,) = [d for d in devices if d.get("backend") == "litert"]
         assert kws["agrees_with_direct"] == 1.0
     assert len({d["device_id"] for d in devices}) == len(devices)
-    # the fleet: every ONNX-capable profile installed its selected variant through TUF and predicts
-    # exactly like it; the LiteRT-only MCU got nothing, with the reason
+    # the fleet: a staged rollout (canary → half → all) put every ONNX-capable device on the variant
+    # selected for its profile, installed through TUF, predicting exactly like it; the LiteRT-only
+    # MCUs got nothing, with the reason
     fleet = out["fleet"]["devices"]
-    assert len(fleet) >= 5 and len({d["device_id"] for d in fleet}) == len(fleet)
+    assert len(fleet) >= 10 and len({d["device_id"] for d in fleet}) == len(fleet)
+    assert len({d["profile"] for d in fleet}) >= 5
     for d in fleet:
         if d["profile"] == "mcu-cortex-m7":
-            assert d["ref"] is None and d["status"] == "idle" and "mcu-cortex-m7" in d["reason"], d
+            assert d["ref"] is None and d["status"] == "skipped" and "mcu-cortex-m7" in d["reason"], d
         else:
             assert d["status"] == "installed" and d["ref"].startswith("digits-cnn:1"), d
             assert d["predictions"] == 450 and d["agrees_with_direct"] == 1.0 and d["accuracy"] > 0.9, d
+    assert {d["stage"] for d in fleet if d["stage"] is not None} == {0, 1, 2}
+    good, broken = out["fleet"]["rollouts"]
+    assert good["status"] == "completed" and [t["to_stage"] for t in good["transitions"]] == [0, 1, 2, 2]
+    assert all(t["actor"] == "auto" for t in good["transitions"][1:])
+    # the deliberately broken version 2 failed its canary and was rolled back with no human involved;
+    # only canary devices ever saw it
+    assert broken["status"] == "rolled_back" and broken["requested"] == "digits-cnn:2"
+    assert [t["to_status"] for t in broken["transitions"]] == ["running", "halted", "rolling_back", "rolled_back"]
+    assert all(t["actor"] == "auto" for t in broken["transitions"][1:])
+    canaries = [d for d in fleet if d["broken_release"].startswith("canary")]
+    assert 1 <= len(canaries) <= 3 and all("installed" in d["broken_release"] for d in canaries), canaries
+    assert all(d["broken_release"] in ("never offered", "-") for d in fleet if d not in canaries)
+    assert out["fleet"]["dashboard_url"].endswith("/dashboard")
 
     # the human-readable run reuses the workspace (a new base version); --serve keeps the
     # control plane up afterwards until interrupted
@@ -84,4 +99,10 @@ def test_demo_runs_end_to_end(tmp_path) -> None:
         proc.send_signal(signal.SIGINT)
         stdout, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0
-    assert "digits-cnn:2" in stdout and "Selection" in stdout and "Delivery" in stdout and "Fleet" in stdout
+    assert (
+        "digits-cnn:3" in stdout
+        and "Selection" in stdout
+        and "Delivery" in stdout
+        and "Fleet" in stdout
+        and "Dashboard: http" in stdout
+    )

@@ -490,3 +490,15 @@ def test_judge_never_passes_a_violation(ok: int, failed: int, smoke: int, elapse
         assert v.decision in ("fail", "wait")
     if v.decision == "pass":
         assert ok + failed >= CANARY.min_reports and elapsed >= CANARY.min_soak_s
+
+
+def test_min_predictions_gates_passing_but_never_delays_a_failure() -> None:
+    criteria = HealthCriteria(min_reports=2, min_predictions=100, max_error_rate=0.05)
+    healthy = HealthSnapshot(stage=0, installs_ok=2, predictions=99)
+    verdict = judge(criteria, healthy, 10.0)
+    assert verdict.decision == "wait" and "predictions 99 < 100" in verdict.reason
+    assert judge(criteria, HealthSnapshot(stage=0, installs_ok=2, predictions=100), 10.0).decision == "pass"
+    erring = HealthSnapshot(stage=0, installs_ok=2, predictions=6, prediction_errors=6)
+    verdict = judge(criteria, erring, 0.0)
+    assert verdict.decision == "fail" and "prediction error rate 1 > 0.05" in verdict.reason
+    assert HealthCriteria.from_dict(criteria.to_dict()) == criteria

@@ -13,7 +13,7 @@ import pytest
 
 import delivery_world
 from delivery_world import World
-from tinymlops.errors import ConflictError, RolloutTransitionError, SpecError, UsageError
+from tinymlops.errors import ConflictError, NotFoundError, RolloutTransitionError, SpecError, UsageError
 from tinymlops.release import UpdateRepository
 from tinymlops.release.rollouts import assign_stages
 from tinymlops.release.service import ReleaseRecord, ReleaseService
@@ -318,3 +318,14 @@ def test_rolling_back_a_first_release_withdraws_it(delivery: World, tmp_path: Pa
     assert all(offered(delivery, d) == (None, None, False) for d in devices)
     with pytest.raises(RolloutTransitionError):
         service.rollouts.rollback(release.id, actor="cli:alice")
+
+
+def test_a_release_can_target_device_profiles(delivery: World, tmp_path: Path) -> None:
+    pi = delivery.connect(tmp_path / "pi", profile="rpi-4").device_id
+    phone = delivery.connect(tmp_path / "phone", profile="android-nnapi-phone").device_id
+    service = ReleaseService(delivery.ws)
+    release = service.create_release("tiny:1", profiles=["android-nnapi-phone"], plan=THREE_STAGES)
+    assert [a.device_id for a in release.assignments] == [phone] and release.profiles == ("android-nnapi-phone",)
+    assert offered(delivery, pi) == (None, None, False)
+    with pytest.raises(NotFoundError, match="of profile\\(s\\) jetson-orin-nano"):
+        service.create_release("tiny:1", profiles=["jetson-orin-nano"])

@@ -98,21 +98,46 @@ def demo_cmd(
     if result.fleet is not None:
         fleet = result.fleet
         table(
-            f"Fleet: release {fleet.release_id} delivered through the TUF repository of {fleet.server_url}",
-            ["device", "profile", "variant selected", "agent", "install ms", "predictions", "accuracy", "= direct"],
+            f"Fleet: staged rollout of release {fleet.release_id} through the TUF repository of {fleet.server_url}",
+            [
+                "device",
+                "profile",
+                "variant selected",
+                "stage",
+                "agent",
+                "install ms",
+                "predictions",
+                "accuracy",
+                "= direct",
+                "broken v2",
+            ],
             [
                 [
                     d.device_id,
                     d.profile,
                     d.ref or f"none: {d.reason[:60]}",
+                    "-" if d.stage is None else d.stage,
                     d.status,
                     "-" if d.install_ms is None else f"{d.install_ms:.0f}",
                     d.predictions,
                     pct(d.accuracy),
                     pct(d.agrees_with_direct),
+                    d.broken_release,
                 ]
                 for d in fleet.devices
             ],
+        )
+        for run in fleet.rollouts:
+            table(
+                f"Rollout of {run.requested} (release {run.release_id}): {run.status} after {run.rounds} rounds",
+                ["from", "to", "stage", "actor", "reason"],
+                [
+                    [t["from_status"], t["to_status"], t["to_stage"], t["actor"], t["reason"][:110]]
+                    for t in run.transitions
+                ],
+            )
+        console.print(
+            f"Dashboard: {fleet.dashboard_url}  (log in with the demo operator key: {fleet.api_key})", highlight=False
         )
     console.print(f"Workspace: {result.workspace}  (try: tinymlops model lineage digits-cnn -w {result.workspace})")
     ws.close()

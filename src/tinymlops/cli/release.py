@@ -136,6 +136,9 @@ def create_cmd(
     model: Annotated[str, typer.Argument(help="NAME or NAME:VERSION (selected per device) or NAME:VERSION/VARIANT.")],
     device: Annotated[list[str] | None, typer.Option("--device", help="A device id (repeatable).")] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", help="Only devices with this tag (repeatable).")] = None,
+    profile: Annotated[
+        list[str] | None, typer.Option("--profile", help="Only devices of this profile (repeatable).")
+    ] = None,
     urgent: Annotated[bool, typer.Option("--urgent", help="Devices may download it on metered networks.")] = False,
     stages: Annotated[
         str | None,
@@ -171,7 +174,13 @@ def create_cmd(
         plan_doc = _parse_stages(stages, on_failure, min_reports, soak)
     with Workspace.open(workspace) as ws:
         record = ReleaseService(ws).create_release(
-            model, devices=device or None, tags=tag or (), urgent=urgent, created_by=cli_actor(), plan=plan_doc
+            model,
+            devices=device or None,
+            tags=tag or (),
+            profiles=profile or (),
+            urgent=urgent,
+            created_by=cli_actor(),
+            plan=plan_doc,
         )
         doc = record.to_dict()
     if json_out:

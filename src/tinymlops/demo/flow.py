@@ -7,8 +7,10 @@ variant against the built-in device profiles; select a variant for several devic
 then deliver: build a signed bundle encrypted to each simulated device for the variant selected
 for it, open it in memory on the "device" and predict the whole digits test set through its
 pipeline (with a WebAssembly step), a cascade bundle, and an MLPerf Tiny model run by LiteRT;
-then the control plane: a real server, a fleet of agents of different profiles that enrol, a
-release delivered per device through the TUF repository, installed A/B and run.
+then the control plane: a real server, a mixed fleet of agents that enrol, a release rolled out
+in stages (each device on the variant selected for its profile) through the TUF repository,
+installed A/B and run, and a deliberately broken release that fails its canary stage and is
+rolled back automatically.
 """
 
 from __future__ import annotations
@@ -159,6 +161,6 @@ def run_demo(
             result.devices.append(tflite)
 
     say("starting the control plane and enrolling a fleet …")
-    result.fleet = run_fleet(ws, "digits-cnn", digits.x_test, digits.y_test, say=say)
+    result.fleet = run_fleet(ws, "digits-cnn", digits.x_test, digits.y_test, onnx_bytes=digits.onnx, say=say)
     ws.close()
     return result

@@ -37,7 +37,7 @@ TERMINAL = frozenset({"rolled_back"})
 AUTO = "auto"
 VERDICTS = ("pass", "fail", "wait")
 
-_GATES = frozenset({"min_reports", "min_soak_s"})
+_GATES = frozenset({"min_reports", "min_soak_s", "min_predictions"})
 _POSITION_DOMAIN = b"tinymlops/rollout-cohort/v1\x00"
 
 
@@ -175,7 +175,8 @@ def judge(criteria: HealthCriteria, snapshot: HealthSnapshot, elapsed_s: float) 
 
     * ``fail`` as soon as at least ``min_reports`` installs were reported and any measured
       criterion is violated (no need to wait for the soak time: the evidence is there);
-    * ``pass`` when ``min_reports`` arrived, ``min_soak_s`` elapsed and no measured criterion is
+    * ``pass`` when ``min_reports`` arrived, ``min_soak_s`` elapsed, at least ``min_predictions``
+      predictions were reported (checked only when it is above 0) and no measured criterion is
       violated (a criterion with no data — no predictions yet, no baseline latency — does not
       block and is named in the checks);
     * otherwise ``wait``.
@@ -244,10 +245,22 @@ def judge(criteria: HealthCriteria, snapshot: HealthSnapshot, elapsed_s: float) 
             f"soak {elapsed:.4g} s {'>=' if soaked else '<'} {criteria.min_soak_s:.4g} s",
         )
     )
+    used = True
+    if criteria.min_predictions > 0:
+        used = snapshot.predictions >= criteria.min_predictions
+        checks.append(
+            CriterionCheck(
+                "min_predictions",
+                float(snapshot.predictions),
+                float(criteria.min_predictions),
+                used,
+                f"predictions {snapshot.predictions} {'>=' if used else '<'} {criteria.min_predictions}",
+            )
+        )
     violated = [c for c in checks[:4] if c.ok is False]
     if enough and violated:
         return Verdict("fail", "; ".join(c.detail for c in violated), tuple(checks))
-    if enough and soaked:
+    if enough and soaked and used:
         return Verdict("pass", "healthy: " + "; ".join(c.detail for c in checks), tuple(checks))
     waiting = [c.detail for c in checks[4:] if c.ok is False]
     if violated:

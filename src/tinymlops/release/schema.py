@@ -41,6 +41,7 @@ class ReleaseRow(Base):
     explicit: Mapped[bool] = mapped_column(Boolean)  # a full variant ref (no selection)
     device_filter: Mapped[list[Any] | None] = mapped_column(nullable=True)
     tag_filter: Mapped[list[Any]] = mapped_column(default=list)
+    profile_filter: Mapped[list[Any] | None] = mapped_column(nullable=True)  # 0004
     urgent: Mapped[bool] = mapped_column(Boolean, default=False)
     status: Mapped[str] = mapped_column(String(16))  # published | empty
     created_by: Mapped[str] = mapped_column(String(64), default="")

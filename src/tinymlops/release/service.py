@@ -214,6 +214,8 @@ class ReleaseRecord:
     assignments: tuple[Assignment, ...] = field(default_factory=tuple)
     #: status, stage and stage name of the release's rollout (None for an empty release)
     rollout: dict[str, Any] | None = None
+    #: only devices of these profiles were targeted (empty: any profile)
+    profiles: tuple[str, ...] = ()
 
     @property
     def published(self) -> list[Assignment]:
@@ -237,6 +239,7 @@ class ReleaseRecord:
             "explicit": self.explicit,
             "devices": None if self.devices is None else list(self.devices),
             "tags": list(self.tags),
+            "profiles": list(self.profiles),
             "urgent": self.urgent,
             "status": self.status,
             "created_by": self.created_by,
@@ -373,8 +376,11 @@ class ReleaseService:
             return result
 
     # --- creating releases ----------------------------------------------------------------------
-    def _targets(self, devices: Sequence[str] | None, tags: Sequence[str]) -> list[DeviceRecord]:
+    def _targets(
+        self, devices: Sequence[str] | None, tags: Sequence[str], profiles: Sequence[str] = ()
+    ) -> list[DeviceRecord]:
         wanted = set(tags)
+        kinds = set(profiles)
         if devices is not None:
             if not devices:
                 raise UsageError("'devices' is an empty list: name at least one device, or leave it out")
@@ -388,10 +394,16 @@ class ReleaseService:
                 chosen.append(record)
         else:
             chosen = self._devices.list(status="active")
-        out = [d for d in chosen if wanted <= set(d.tags)]
+        out = [d for d in chosen if wanted <= set(d.tags) and (not kinds or d.profile_name in kinds)]
         if not out:
-            what = f"carrying tag(s) {', '.join(sorted(wanted))}" if wanted else "enrolled"
-            raise NotFoundError(f"no active device {what} matches this release", tags=sorted(wanted))
+            what = []
+            if wanted:
+                what.append(f"carrying tag(s) {', '.join(sorted(wanted))}")
+            if kinds:
+                what.append(f"of profile(s) {', '.join(sorted(kinds))}")
+            raise NotFoundError(
+                f"no active device {' and '.join(what) or 'enrolled'} matches this release", tags=sorted(wanted)
+            )
         return out
 
     def _plan(
@@ -455,6 +467,7 @@ class ReleaseService:
         *,
         devices: Sequence[str] | None = None,
         tags: Iterable[str] = (),
+        profiles: Iterable[str] = (),
         urgent: bool = False,
         created_by: str = "",
         plan: RolloutPlan | Mapping[str, Any] | None = None,
@@ -474,7 +487,8 @@ class ReleaseService:
             explicit_ref = registry.resolve(parsed).ref  # ModelNotFoundError
         else:
             _, candidates = candidates_for(registry, str(parsed))
-        targets = self._targets(devices, tag_list)
+        profile_list = sorted(set(profiles))
+        targets = self._targets(devices, tag_list, profile_list)
         rollout_plan = _rollout_plan(plan)
         with self._sessions() as session:
             busy = self.rollouts.busy_devices(session, [d.id for d in targets])
@@ -505,6 +519,7 @@ class ReleaseService:
                         explicit=explicit_ref is not None,
                         device_filter=None if devices is None else list(dict.fromkeys(devices)),
                         tag_filter=tag_list,
+                        profile_filter=profile_list or None,
                         urgent=urgent,
                         status="published" if published else "empty",
                         created_by=created_by[:64],
@@ -616,6 +631,7 @@ class ReleaseService:
                     explicit=r.explicit,
                     devices=None if r.device_filter is None else tuple(r.device_filter),
                     tags=tuple(r.tag_filter or ()),
+                    profiles=tuple(r.profile_filter or ()),
                     urgent=r.urgent,
                     status=r.status,
                     created_by=r.created_by,

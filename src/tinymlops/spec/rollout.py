@@ -12,6 +12,7 @@ The document (written by an operator, stored with the release; unknown fields ar
                     "max_error_rate": 0.01,             # prediction errors / predictions
                     "max_latency_ratio": 1.5,           # p50 latency / previous release's p50
                     "min_reports": 5,                   # install reports needed before judging
+                    "min_predictions": 500,             # predictions reported before it may pass
                     "min_soak_s": 600}},                # seconds in the stage before it may pass
         {"name": "wide", "fraction": 0.25},
         {"name": "all", "fraction": 1.0}
@@ -51,6 +52,7 @@ _HEALTH_FIELDS = {
     "max_error_rate",
     "max_latency_ratio",
     "min_reports",
+    "min_predictions",
     "min_soak_s",
 }
 
@@ -72,6 +74,9 @@ class HealthCriteria:
     max_latency_ratio: float = 1.5
     min_reports: int = 1
     min_soak_s: float = 0.0
+    #: predictions the reached devices must have reported before the stage may pass (a gate on
+    #: passing only: a stage whose reports already break a criterion fails without waiting for it)
+    min_predictions: int = 0
 
     def __post_init__(self) -> None:
         parsed = HealthCriteria.from_dict(self.to_dict())  # one set of rules; keeps the normalised values
@@ -89,6 +94,7 @@ class HealthCriteria:
             "max_error_rate": _finite(doc, data, "max_error_rate", 0.05, 0.0, 1.0),
             "max_latency_ratio": _finite(doc, data, "max_latency_ratio", 1.5, 0.0, MAX_LATENCY_RATIO),
             "min_reports": get_int(doc, data, "min_reports", 1, minimum=1),
+            "min_predictions": get_int(doc, data, "min_predictions", 0, minimum=0),
             "min_soak_s": _finite(doc, data, "min_soak_s", 0.0, 0.0, MAX_SOAK_S),
         }
         if values["max_latency_ratio"] <= 0:
@@ -105,6 +111,7 @@ class HealthCriteria:
             "max_error_rate": self.max_error_rate,
             "max_latency_ratio": self.max_latency_ratio,
             "min_reports": self.min_reports,
+            "min_predictions": self.min_predictions,
             "min_soak_s": self.min_soak_s,
         }
 

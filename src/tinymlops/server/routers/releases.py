@@ -39,6 +39,7 @@ class HealthCriteriaIn(BaseModel):
     max_error_rate: float = Field(0.05, ge=0, le=1, allow_inf_nan=False)
     max_latency_ratio: float = Field(1.5, gt=0, le=MAX_LATENCY_RATIO, allow_inf_nan=False)
     min_reports: int = Field(1, ge=1, le=1_000_000)
+    min_predictions: int = Field(0, ge=0, le=10**12)
     min_soak_s: float = Field(0.0, ge=0, le=MAX_SOAK_S, allow_inf_nan=False)
 
 
@@ -72,6 +73,9 @@ class ReleaseCreate(BaseModel):
     )
     tags: list[Annotated[str, Field(pattern=TAG.pattern)]] = Field(
         default_factory=list, max_length=MAX_TAGS, description="Only devices carrying every one of these tags."
+    )
+    profiles: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")]] = Field(
+        default_factory=list, max_length=64, description="Only devices enrolled with one of these profiles."
     )
     urgent: StrictBool = Field(False, description="Devices may download it even on a metered network.")
     plan: RolloutPlanIn | None = Field(
@@ -207,6 +211,7 @@ class ReleaseSummaryOut(BaseModel):
     explicit: bool
     devices: list[str] | None
     tags: list[str]
+    profiles: list[str]
     urgent: bool
     status: Literal["published", "empty"]
     created_by: str
@@ -236,6 +241,7 @@ def create_release(body: ReleaseCreate, services: ServicesDep, key: ReleaseKey) 
         body.model,
         devices=body.devices,
         tags=body.tags,
+        profiles=body.profiles,
         urgent=body.urgent,
         created_by=f"api-key:{key.id}",
         plan=None if body.plan is None else body.plan.model_dump(),

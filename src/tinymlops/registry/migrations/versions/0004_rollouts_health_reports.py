@@ -24,6 +24,8 @@ _ASSIGNMENT_COLUMNS = (
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("releases", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("profile_filter", sa.JSON(), nullable=True))
     with op.batch_alter_table("release_assignments", schema=None) as batch_op:
         for name, type_ in _ASSIGNMENT_COLUMNS:
             batch_op.add_column(sa.Column(name, type_, nullable=True))
@@ -124,3 +126,5 @@ def downgrade() -> None:
     with op.batch_alter_table("release_assignments", schema=None) as batch_op:
         for name, _ in reversed(_ASSIGNMENT_COLUMNS):
             batch_op.drop_column(name)
+    with op.batch_alter_table("releases", schema=None) as batch_op:
+        batch_op.drop_column("profile_filter")
