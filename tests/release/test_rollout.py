@@ -502,3 +502,32 @@ def test_min_predictions_gates_passing_but_never_delays_a_failure() -> None:
     verdict = judge(criteria, erring, 0.0)
     assert verdict.decision == "fail" and "prediction error rate 1 > 0.05" in verdict.reason
     assert HealthCriteria.from_dict(criteria.to_dict()) == criteria
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    n=st.integers(1, 60),
+    fractions=st.lists(st.floats(0.01, 0.99), min_size=0, max_size=4, unique=True),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_stage_assignment_by_rank_is_stable_fills_every_stage_it_can_and_ignores_order(
+    n: int, fractions: list[float], seed: int
+) -> None:
+    from random import Random
+
+    from tinymlops.release.rollouts import assign_stages
+
+    stages = [RolloutStage(f"s{i}", f) for i, f in enumerate(sorted(fractions))] + [RolloutStage("all", 1.0)]
+    plan = RolloutPlan(tuple(stages))
+    devices = [f"dev{seed}-{i}" for i in range(n)]
+    out = assign_stages(plan, "0123456789abcdef", devices)
+    shuffled = devices[:]
+    Random(seed).shuffle(shuffled)
+    assert assign_stages(plan, "0123456789abcdef", shuffled) == out  # input order does not matter
+    assert set(out) == set(devices)
+    for k, stage in enumerate(plan.stages):  # stage k covers exactly max(1, ceil(f*N)) devices (at most N)
+        covered = sum(1 for s in out.values() if s <= k)
+        assert covered == min(n, max(1, math.ceil(stage.fraction * n - 1e-9)))
+    # the devices of earlier stages are those with the lowest cohort positions
+    ranked = sorted(devices, key=lambda d: (cohort_position("0123456789abcdef", d), d))
+    assert [out[d] for d in ranked] == sorted(out.values())

@@ -17,7 +17,10 @@ States::
 
 A device's cohort position is a stable hash of (release id, device id) in [0, 1); it is in stage
 ``k`` iff its position is below the stage's fraction, so restarts never reshuffle and adding
-devices never moves existing ones. A rolled-back release stays rolled back; the way forward is a
+devices never moves existing ones. (The release service, whose releases have a fixed set of
+devices, ranks them by this position instead and gives stage ``k`` the first
+``max(1, ceil(fraction * N))`` — :func:`tinymlops.release.rollouts.assign_stages` — so that a small
+fleet's 5% canary is one device, not none.) A rolled-back release stays rolled back; the way forward is a
 new release (a new ``release_id``, hence new positions).
 """
 
