@@ -14,6 +14,7 @@ from tinymlops.cli import (
     dataset,
     demo,
     device,
+    fleet,
     init,
     keys,
     model,
@@ -50,6 +51,7 @@ app.add_typer(apikey.app, name="apikey")
 app.add_typer(device.app, name="device")
 app.add_typer(release.app, name="release")
 app.add_typer(agent.app, name="agent")
+app.add_typer(fleet.app, name="fleet")
 
 
 def main() -> None:
