@@ -9,13 +9,9 @@ Install the browser with ``scripts/browser.sh``; never ``playwright install``.
 
 from __future__ import annotations
 
-import os
 import re
-import tomllib
 from collections import Counter
 from collections.abc import Iterator
-from importlib.resources import files
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,74 +20,22 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import dashboard_browser
+from dashboard_browser import XSS, login_token, needs_browser
+from dashboard_browser import counts as _counts
+from dashboard_browser import login as _login
+from dashboard_browser import screenshot as _screenshot
+from dashboard_browser import xss_profile as _xss_profile
 from delivery_world import World, open_world, register_tiny
 from tiny_models import tiny_onnx
 from tinymlops.server.dashboard.pages import esc
 from tinymlops.server.dashboard.sessions import COOKIE_NAME, SessionStore
 from tinymlops.spec.recipe import RecipeSpec
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard"
-XSS = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
-
-needs_browser = pytest.mark.skipif(
-    not CHROMIUM.exists() and not os.environ.get("CI"),
-    reason=f"{CHROMIUM} is missing (run scripts/browser.sh); in CI this fails instead of skipping",
-)
+browser, page = dashboard_browser.browser, dashboard_browser.page  # Chromium and a fresh page (fixtures)
 
 
 # --- fixtures -------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"CI is set but {CHROMIUM} is missing: scripts/test.sh runs scripts/browser.sh to install it")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    p = context.new_page()
-    p.set_default_timeout(15_000)
-    errors: list[str] = []
-    p.on("pageerror", lambda e: errors.append(str(e)))
-    yield p
-    context.close()
-    assert not errors, errors
-
-
-def _screenshot(page: Any, name: str) -> Path:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    print(f"screenshot: {path}")
-    assert path.stat().st_size > 1000
-    return path
-
-
-def _xss_profile() -> dict[str, Any]:
-    doc = tomllib.loads(files("tinymlops.targets").joinpath("profiles/rpi-4.toml").read_text())
-    doc["name"] = XSS
-    return doc
-
-
 @pytest.fixture
 def fleet(sqlite_workspace: Any) -> Iterator[World]:
     """tiny:1..3 with two variants of tiny:1 (one evaluated, one failed derivation); six devices on
@@ -124,19 +68,6 @@ def fleet(sqlite_workspace: Any) -> Iterator[World]:
             }
             d.request("POST", "/v1/devices/me/installs", json_body=report)
         yield world
-
-
-def _login(page: Any, url: str, key: str) -> None:
-    page.goto(f"{url}/dashboard/login")
-    page.fill("#api_key", key)
-    page.click("button[type=submit]")
-
-
-def _counts(page: Any, table: str) -> dict[str, int]:
-    out = {}
-    for row in page.locator(f"#{table} tbody tr").all():
-        out[row.locator("td.key").inner_text()] = int(row.locator("td.num").inner_text())
-    return out
 
 
 # --- browser tests --------------------------------------------------------------------------------
@@ -225,7 +156,7 @@ def test_without_login_every_page_redirects_and_a_bad_key_is_refused(fleet: Worl
         _login(page, fleet.url, key)
         assert page.url == f"{fleet.url}/dashboard/login"
         assert "refused" in page.inner_text("#login-error") and message in page.inner_text("#login-error")
-        assert page.context.cookies() == []
+        assert [c for c in page.context.cookies() if c["name"] == COOKIE_NAME] == []
     _screenshot(page, "login-refused")
     key_id, key = fleet.plane.api_key("read", "soon-revoked")
     assert fleet.plane.admin.post(f"/v1/admin/api-keys/{key_id}/revoke").status_code == 200
@@ -281,13 +212,16 @@ def test_xss_in_a_device_profile_renders_as_text(fleet: World, page: Any) -> Non
 # --- without a browser ----------------------------------------------------------------------------
 def test_login_form_refuses_malformed_posts_and_nothing_is_writable(fleet: World) -> None:
     url = f"{fleet.url}/dashboard/login"
-    r = httpx.post(url, json={"api_key": fleet.read_key})
+    client = httpx.Client()
+    token = login_token(client, fleet.url)
+    r = client.post(url, json={"api_key": fleet.read_key})
     assert r.status_code == 415 and "x-www-form-urlencoded" in r.text
-    r = httpx.post(url, data={"api_key": ""})
+    r = client.post(url, data={"api_key": "", "login_token": token})
     assert r.status_code == 400 and "enter an API key" in r.text
-    r = httpx.post(url, content=b"api_key=%ff%fe", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    r = client.post(url, content=b"api_key=%ff%fe", headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert r.status_code in (400, 401) and "Traceback" not in r.text
-    r = httpx.post(url, data={"api_key": fleet.read_key}, follow_redirects=False)
+    token = login_token(client, fleet.url)
+    r = client.post(url, data={"api_key": fleet.read_key, "login_token": token}, follow_redirects=False)
     assert r.status_code == 303 and COOKIE_NAME in r.cookies
     cookies = {COOKIE_NAME: r.cookies[COOKIE_NAME]}
     for method in ("POST", "PUT", "DELETE", "PATCH"):

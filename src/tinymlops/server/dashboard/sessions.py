@@ -1,17 +1,19 @@
 """Dashboard login sessions: an opaque random token in an HttpOnly, SameSite=Strict cookie, mapped
 server side to the API key that logged in. Every request re-checks that key (a revoked key ends its
-sessions at once); sessions also expire after ``ttl_s`` and end on logout. Kept in memory: a server
-restart logs everyone out, which is acceptable for a read-only view."""
+sessions at once); sessions also expire after ``ttl_s`` and end on logout. Each session has its own
+CSRF token (``csrf``) that the dashboard's forms must send back (:mod:`~tinymlops.server.dashboard.forms`).
+Kept in memory: a server restart logs everyone out (and voids their forms), which is acceptable for
+a dashboard."""
 
 from __future__ import annotations
 
-import secrets
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from tinymlops.errors import UsageError
+from tinymlops.server.dashboard.forms import new_token
 
 COOKIE_NAME = "tinymlops_session"
 DEFAULT_SESSION_TTL_S = 8 * 3600
@@ -25,6 +27,7 @@ class DashboardSession:
     key_name: str
     scope: str
     expires_at: float
+    csrf: str  # the token this session's forms carry
 
 
 class SessionStore:
@@ -39,11 +42,11 @@ class SessionStore:
         self._sessions: dict[str, DashboardSession] = {}
 
     def create(self, key_id: str, key_name: str, scope: str) -> str:
-        token = secrets.token_urlsafe(32)
+        token = new_token()
         with self._lock:
             if len(self._sessions) >= MAX_SESSIONS:
                 self._sessions.pop(next(iter(self._sessions)))
-            self._sessions[token] = DashboardSession(key_id, key_name, scope, self._clock() + self._ttl_s)
+            self._sessions[token] = DashboardSession(key_id, key_name, scope, self._clock() + self._ttl_s, new_token())
         return token
 
     def get(self, token: str | None) -> DashboardSession | None:

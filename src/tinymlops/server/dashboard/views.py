@@ -1,14 +1,17 @@
-"""What the dashboard pages show, assembled from the existing services (no HTML here)."""
+"""What the dashboard pages show, assembled from the existing services (no HTML here): the fleet
+overview, a model's lineage, and latency per device class over a window of health reports
+(:data:`WINDOWS`, shared with ``GET /v1/fleet/latency``). The release pages' views are in
+:mod:`~tinymlops.server.dashboard.views_release`."""
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from tinymlops.devices.service import DeviceService
-from tinymlops.errors import NotFoundError
+from tinymlops.errors import InvalidInputError, NotFoundError
 from tinymlops.registry.records import LineageNode, ModelSummary
 from tinymlops.release.service import ReleaseRecord, ReleaseService
 from tinymlops.workspace import Workspace
@@ -26,6 +29,7 @@ class DeviceRow:
     variant: str  # the ref the device's current release assigned it, or NONE
     bundle_id: str  # the bundle the device last reported running, or NONE
     install_status: str  # its last install report's status, or NONE
+    release_id: str | None  # the release that published the bundle it runs (None: unknown / not a release's)
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ def fleet_overview(workspace: Workspace, devices: DeviceService, releases: Relea
                 variant=variant,
                 bundle_id=(deployment.bundle_id if deployment else None) or NONE,
                 install_status=deployment.last_status if deployment else NONE,
+                release_id=deployment.release_id if deployment else None,
             )
         )
     rows.sort(key=lambda r: (r.profile, r.id))
@@ -132,4 +137,88 @@ def model_lineage(workspace: Workspace, name: str) -> ModelLineage:
     return ModelLineage(summary, rows)
 
 
-__all__ = ["NONE", "DeviceRow", "FleetOverview", "LineageRow", "ModelLineage", "fleet_overview", "model_lineage"]
+# --- latency by device class ----------------------------------------------------------------------
+#: the windows the latency page and ``GET /v1/fleet/latency`` offer: reports received in the last …
+WINDOWS: dict[str, timedelta | None] = {
+    "1h": timedelta(hours=1),
+    "24h": timedelta(hours=24),
+    "7d": timedelta(days=7),
+    "all": None,
+}
+DEFAULT_WINDOW = "24h"
+
+
+@dataclass(frozen=True)
+class LatencyRow:
+    """One device profile on one variant ref: what its devices reported in the window."""
+
+    profile: str
+    ref: str  # or NONE: bundles no release published
+    reports: int
+    devices: int
+    predictions: int
+    errors: int
+    error_rate: float | None
+    p50_ms: float | None
+    p95_ms: float | None
+
+
+@dataclass(frozen=True)
+class LatencyView:
+    window: str
+    rows: list[LatencyRow]  # sorted by profile, then ref
+
+    @property
+    def by_profile(self) -> list[tuple[str, list[LatencyRow]]]:
+        groups: dict[str, list[LatencyRow]] = {}
+        for r in self.rows:
+            groups.setdefault(r.profile, []).append(r)
+        return list(groups.items())
+
+
+def check_window(window: str | None) -> str:
+    """``window`` if it is one of :data:`WINDOWS` (:data:`DEFAULT_WINDOW` when None), else
+    :class:`InvalidInputError` naming the allowed ones."""
+    if window is None:
+        return DEFAULT_WINDOW
+    if window not in WINDOWS:
+        raise InvalidInputError(f"unknown window {window[:40]!r}; choose one of {', '.join(WINDOWS)}")
+    return window
+
+
+def latency_by_class(releases: ReleaseService, window: str | None) -> LatencyView:
+    """p50/p95 latency, predictions and errors per (profile, variant ref) over the health reports
+    received in ``window`` (``services.releases.health.latency_by_class``)."""
+    window = check_window(window)
+    rows = [
+        LatencyRow(
+            profile=c.profile,
+            ref=c.ref or NONE,
+            reports=c.stats.reports,
+            devices=c.stats.devices,
+            predictions=c.stats.predictions,
+            errors=c.stats.errors,
+            error_rate=c.stats.error_rate,
+            p50_ms=c.stats.p50_ms,
+            p95_ms=c.stats.p95_ms,
+        )
+        for c in releases.health.latency_by_class(since=WINDOWS[window])
+    ]
+    return LatencyView(window, rows)
+
+
+__all__ = [
+    "DEFAULT_WINDOW",
+    "NONE",
+    "WINDOWS",
+    "DeviceRow",
+    "FleetOverview",
+    "LatencyRow",
+    "LatencyView",
+    "LineageRow",
+    "ModelLineage",
+    "check_window",
+    "fleet_overview",
+    "latency_by_class",
+    "model_lineage",
+]

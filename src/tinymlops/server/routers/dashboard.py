@@ -1,24 +1,36 @@
-"""The read-only dashboard (HTML): log in with an API key of scope ``read`` or higher, then the fleet
-overview and each model's lineage. Nothing here writes anything but the login session.
+"""The web dashboard (HTML): log in with an API key of scope ``read`` or higher, then the fleet
+overview, each model's lineage, the releases and their rollouts, and latency per device class.
+Read-only pages need a login; nothing is writable without the ``admin`` scope.
 
 The session cookie is opaque (:mod:`tinymlops.server.dashboard.sessions`), HttpOnly and
-SameSite=Strict; every page re-checks the key behind it. Pages are sent with a Content-Security-Policy
-that allows no scripts at all, on top of escaping every value (:mod:`tinymlops.server.dashboard.pages`).
+SameSite=Strict; every page re-checks the key behind it (its current scope, not the one it logged in
+with). Pages are sent with a Content-Security-Policy that allows no scripts at all, on top of
+escaping every value (:mod:`tinymlops.server.dashboard.pages`).
+
+The only writes besides the session are the rollout actions on a release page
+(``POST /dashboard/releases/{id}/rollout/{promote|pause|resume|rollback}``): the session's key must
+have scope ``admin`` (else 403) and the form must carry the session's CSRF token (else 403, nothing
+changes); the action is recorded with actor ``dashboard:api-key:<key id>``, then the browser is
+redirected back to the release (POST/redirect/GET). An action the rollout's state does not allow
+shows the state machine's message on the release page (409). The login form carries a login token
+too (:mod:`tinymlops.server.dashboard.forms`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from importlib.resources import files
 from typing import Annotated
-from urllib.parse import parse_qs
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from tinymlops.access.scopes import Scope
-from tinymlops.errors import AccessDeniedError, AuthenticationError, NotFoundError
+from tinymlops.errors import AccessDeniedError, AuthenticationError, ConflictError, InvalidInputError, NotFoundError
 from tinymlops.registry.refs import NAME
-from tinymlops.server.dashboard import pages, views
+from tinymlops.server.dashboard import forms, pages, pages_release, views, views_release
 from tinymlops.server.dashboard.sessions import COOKIE_NAME, DashboardSession, SessionStore
 from tinymlops.server.deps import Services, ServicesDep
 
@@ -26,6 +38,8 @@ router = APIRouter(prefix=pages.BASE, include_in_schema=False)
 
 LOGIN = f"{pages.BASE}/login"
 MAX_LOGIN_BODY = 4096
+MAX_ACTION_BODY = 16 * 1024
+MAX_REASON = 1000
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
     "frame-ancestors 'none'; base-uri 'none'",
@@ -35,6 +49,7 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 ModelName = Annotated[str, Path(pattern=NAME.pattern)]
+RELEASE_ID = re.compile(r"^[0-9a-f]{16}$")
 
 
 def _store(request: Request) -> SessionStore:
@@ -48,12 +63,17 @@ def _html(body: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(body, status_code=status, headers=SECURITY_HEADERS)
 
 
+def _redirect(location: str) -> RedirectResponse:
+    return RedirectResponse(location, status_code=303, headers=SECURITY_HEADERS)
+
+
 def _to_login() -> RedirectResponse:
-    return RedirectResponse(LOGIN, status_code=303, headers=SECURITY_HEADERS)
+    return _redirect(LOGIN)
 
 
 def _session(request: Request, services: Services) -> DashboardSession | None:
-    """The caller's live session, if its API key is still valid (a revoked key ends the session)."""
+    """The caller's live session, if its API key is still valid (a revoked key ends the session),
+    with the key's current scope."""
     store = _store(request)
     token = request.cookies.get(COOKIE_NAME)
     session = store.get(token)
@@ -66,44 +86,59 @@ def _session(request: Request, services: Services) -> DashboardSession | None:
     if key is None or not key.active or not key.scope.allows(Scope.READ):
         store.end(token)
         return None
-    return session
+    return dataclasses.replace(session, scope=str(key.scope))
+
+
+def _is_admin(session: DashboardSession) -> bool:
+    return Scope.parse(session.scope).allows(Scope.ADMIN)
 
 
 def _who(session: DashboardSession) -> str:
     return f"{session.key_name} ({session.scope})"
 
 
+# --- login ----------------------------------------------------------------------------------------
+def _login_form(message: str | None = None, status: int = 200) -> Response:
+    """The login page with a fresh login token (in the form and in its cookie)."""
+    token = forms.new_token()
+    response = _html(pages.login_page(token, message), status)
+    response.set_cookie(
+        forms.LOGIN_COOKIE,
+        token,
+        max_age=forms.LOGIN_TOKEN_TTL_S,
+        httponly=True,
+        samesite="strict",
+        path=f"{pages.BASE}/login",
+    )
+    return response
+
+
 @router.get("/login", response_class=HTMLResponse)
 def login_form(request: Request, services: ServicesDep) -> Response:
     if _session(request, services) is not None:
-        return RedirectResponse(pages.BASE, status_code=303, headers=SECURITY_HEADERS)
-    return _html(pages.login_page())
+        return _redirect(pages.BASE)
+    return _login_form()
 
 
 @router.post("/login", response_class=HTMLResponse)
 async def login(request: Request) -> Response:
     services: Services = request.app.state.services
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/x-www-form-urlencoded":
-        return _html(pages.login_page("the login form must be sent as application/x-www-form-urlencoded"), 415)
-    body = await request.body()
-    if len(body) > MAX_LOGIN_BODY:
-        return _html(pages.login_page(f"the login form is larger than {MAX_LOGIN_BODY} bytes"), 413)
+    fields = await forms.read_form(request, max_bytes=MAX_LOGIN_BODY, max_fields=4)
+    if isinstance(fields, forms.FormRefusal):
+        return _login_form(f"the login form was refused: {fields.message}", fields.status)
+    key = forms.field(fields, "api_key")
+    if key is None or not key.strip():
+        return _login_form("enter an API key", 400)
+    if not forms.same_token(request.cookies.get(forms.LOGIN_COOKIE), forms.field(fields, "login_token")):
+        return _login_form("the login form expired or did not come from this site; log in again", 403)
     try:
-        fields = parse_qs(body.decode("utf-8"), max_num_fields=4, strict_parsing=False)
-    except (UnicodeDecodeError, ValueError):
-        return _html(pages.login_page("the login form is not valid UTF-8 form data"), 400)
-    keys = fields.get("api_key", [])
-    if len(keys) != 1 or not keys[0].strip():
-        return _html(pages.login_page("enter an API key"), 400)
-    try:
-        record = services.api_keys.authenticate(keys[0].strip(), Scope.READ)
+        record = await run_in_threadpool(services.api_keys.authenticate, key.strip(), Scope.READ)
     except AccessDeniedError as exc:
-        return _html(pages.login_page(f"refused: {exc}"), 403)
+        return _login_form(f"refused: {exc}", 403)
     except (AuthenticationError, NotFoundError) as exc:
-        return _html(pages.login_page(f"refused: {exc}"), 401)
+        return _login_form(f"refused: {exc}", 401)
     token = _store(request).create(record.id, record.name, str(record.scope))
-    response = RedirectResponse(pages.BASE, status_code=303, headers=SECURITY_HEADERS)
+    response = _redirect(pages.BASE)
     response.set_cookie(
         COOKIE_NAME,
         token,
@@ -112,6 +147,7 @@ async def login(request: Request) -> Response:
         secure=request.url.scheme == "https",
         path=pages.BASE,
     )
+    response.delete_cookie(forms.LOGIN_COOKIE, path=f"{pages.BASE}/login", httponly=True, samesite="strict")
     return response
 
 
@@ -123,6 +159,7 @@ def logout(request: Request) -> Response:
     return response
 
 
+# --- read-only pages ------------------------------------------------------------------------------
 @router.get("", response_class=HTMLResponse)
 def fleet(request: Request, services: ServicesDep) -> Response:
     session = _session(request, services)
@@ -142,6 +179,91 @@ def model(name: ModelName, request: Request, services: ServicesDep) -> Response:
     except NotFoundError as exc:
         return _html(pages.error_page(404, str(exc), _who(session)), 404)
     return _html(pages.lineage_page(view, _who(session)))
+
+
+@router.get("/releases", response_class=HTMLResponse)
+def releases(request: Request, services: ServicesDep) -> Response:
+    session = _session(request, services)
+    if session is None:
+        return _to_login()
+    return _html(pages_release.releases_page(views_release.release_list(services.releases), _who(session)))
+
+
+def _release_page(
+    services: Services, session: DashboardSession, release_id: str, *, error: str | None = None, status: int = 200
+) -> Response:
+    if not RELEASE_ID.match(release_id):
+        return _html(pages.error_page(404, "a release id is 16 lower-case hex digits", _who(session)), 404)
+    try:
+        detail = views_release.release_detail(services.releases, release_id)
+    except NotFoundError as exc:
+        return _html(pages.error_page(404, str(exc), _who(session)), 404)
+    csrf = session.csrf if _is_admin(session) else None
+    return _html(pages_release.release_page(detail, _who(session), csrf=csrf, error=error), status)
+
+
+@router.get("/releases/{release_id}", response_class=HTMLResponse)
+def release(release_id: str, request: Request, services: ServicesDep) -> Response:
+    session = _session(request, services)
+    if session is None:
+        return _to_login()
+    return _release_page(services, session, release_id)
+
+
+@router.get("/latency", response_class=HTMLResponse)
+def latency(request: Request, services: ServicesDep, window: Annotated[str | None, Query()] = None) -> Response:
+    session = _session(request, services)
+    if session is None:
+        return _to_login()
+    try:
+        view = views.latency_by_class(services.releases, window)
+    except InvalidInputError as exc:
+        return _html(pages.error_page(400, str(exc), _who(session)), 400)
+    return _html(pages.latency_page(view, _who(session)))
+
+
+# --- the one write: rollout actions (admin, CSRF token) -------------------------------------------
+@router.post("/releases/{release_id}/rollout/{action}", response_class=HTMLResponse)
+async def rollout_action(release_id: str, action: str, request: Request) -> Response:
+    services: Services = request.app.state.services
+    fields = await forms.read_form(request, max_bytes=MAX_ACTION_BODY, max_fields=8)
+    # the database and the repository edit run in the thread pool, as the sync routes do
+    return await run_in_threadpool(_rollout_action, services, request, release_id, action, fields)
+
+
+def _rollout_action(
+    services: Services,
+    request: Request,
+    release_id: str,
+    action: str,
+    fields: dict[str, list[str]] | forms.FormRefusal,
+) -> Response:
+    session = _session(request, services)
+    if session is None:
+        return _to_login()
+    who = _who(session)
+    if not _is_admin(session):
+        return _html(pages.error_page(403, f"acting on a rollout needs an API key with scope 'admin'; {who}", who), 403)
+    if action not in views_release.ACTIONS or not RELEASE_ID.match(release_id):
+        return _html(pages.error_page(404, f"no such rollout action: {action[:40]!r}", who), 404)
+    if isinstance(fields, forms.FormRefusal):
+        return _html(pages.error_page(fields.status, fields.message, who), fields.status)
+    if not forms.same_token(session.csrf, forms.field(fields, "csrf")):
+        message = "the form's CSRF token is missing or wrong (reload the release page and try again); nothing changed"
+        return _html(pages.error_page(403, message, who), 403)
+    reason = (forms.field(fields, "reason") or "").strip() or None
+    if reason is not None and len(reason) > MAX_REASON:
+        return _release_page(
+            services, session, release_id, error=f"the reason is longer than {MAX_REASON} characters", status=400
+        )
+    act = getattr(services.releases.rollouts, action)
+    try:
+        act(release_id, actor=f"dashboard:api-key:{session.key_id}", reason=reason)
+    except NotFoundError as exc:
+        return _html(pages.error_page(404, str(exc), who), 404)
+    except ConflictError as exc:  # RolloutTransitionError: not allowed in this state; or a lost race
+        return _release_page(services, session, release_id, error=str(exc), status=409)
+    return _redirect(pages.release_href(release_id))
 
 
 _CSS = files("tinymlops.server.dashboard").joinpath("static/dashboard.css")
