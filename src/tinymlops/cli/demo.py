@@ -139,6 +139,11 @@ def demo_cmd(
         console.print(
             f"Dashboard: {fleet.dashboard_url}  (log in with the demo operator key: {fleet.api_key})", highlight=False
         )
+        for run in fleet.rollouts:
+            console.print(
+                f"  rollout of {run.requested}: {fleet.dashboard_url}/releases/{run.release_id}", highlight=False
+            )
+        console.print(f"  latency by device class: {fleet.dashboard_url}/latency", highlight=False)
     console.print(f"Workspace: {result.workspace}  (try: tinymlops model lineage digits-cnn -w {result.workspace})")
     ws.close()
     if serve:
