@@ -30,6 +30,7 @@ BENCHMARKS = {
     "runtime": "bench_runtime",
     "device_auth": "bench_device_auth",
     "update_repo": "bench_update_repo",
+    "telemetry": "bench_telemetry",
 }
 
 

@@ -141,6 +141,17 @@ class AgentStateError(InvalidInputError):
     from it by re-verifying its slots; it never crashes on it)."""
 
 
+class PrivacyBudgetExceeded(UsageError):
+    """Releasing telemetry with this epsilon would exceed the device's privacy budget (per window or
+    in any 24 hours); nothing was spent. ``cap`` (``window`` | ``day``), ``requested`` and
+    ``remaining`` say which and by how much.
+
+    A usage error, not an operational failure: the budget is the caller's own state under the
+    bundle's own policy (``EpsilonBudget.can_spend`` tells beforehand), nothing is broken, and
+    retrying cannot succeed until the window or the day moves on — the caller withholds the
+    histogram instead."""
+
+
 class InputMismatchError(UsageError):
     """A prediction input has the wrong shape or dtype for the model."""
 
@@ -259,6 +270,7 @@ __all__ = [
     "OperationError",
     "PayloadTooLargeError",
     "PipelineError",
+    "PrivacyBudgetExceeded",
     "RecipeError",
     "RecipeNotFoundError",
     "ReplayedRequestError",

@@ -1,0 +1,134 @@
+"""A strict reader of Apache DataSketches' serialized KLL float sketch (standard library only).
+
+Telemetry batches carry KLL sketches as bytes from devices. The ``datasketches`` library's own
+``deserialize`` checks the header but not the body: a sketch whose level offsets were tampered
+with deserializes "successfully" and then crashes the process (a segmentation fault) on the
+first quantile query — a hostile device could take the server down. So every sketch is checked
+here, structurally and completely, before any library sees it.
+
+The format (little-endian; DataSketches ``kll_sketch::serialize``, serial versions 1 and 2)::
+
+    byte 0   preamble ints      2 (empty or single item) | 5 (full)
+    byte 1   serial version     1 (empty or full) | 2 (single item)
+    byte 2   family id          15 (KLL)
+    byte 3   flags              bit 0 empty, bit 1 level zero sorted, bit 2 single item
+    bytes 4-5  k                8 ..= 65535
+    byte 6   m                  8
+    byte 7   unused
+    -- empty: nothing more (8 bytes)
+    -- single item: one float32 (12 bytes)
+    -- full:
+    bytes 8-15   n              the number of items the sketch has seen
+    bytes 16-17  min k          8 ..= k (the smallest k of the sketches merged into it)
+    byte 18      num levels     1 ..= 61
+    byte 19      unused
+    num_levels × uint32         start offset of each level; the end of the last one is the
+                                total capacity of ``num_levels`` levels (computed, not stored)
+    float32 min, float32 max
+    float32 × (capacity − levels[0])  the retained items, level by level
+
+A full sketch is accepted only when: the offsets are non-decreasing and within the capacity, the
+byte length is exactly what the offsets imply, every item is finite and within [min, max], every
+level above 0 is sorted (and level 0 too when its flag says so), and the items' weights (an item
+on level h weighs 2^h) add up to exactly ``n``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import struct
+
+from tinymlops.errors import SpecError
+
+FAMILY_KLL = 15
+MIN_K = 8
+MAX_K = 65535
+M = 8
+MAX_LEVELS = 61
+_FLAG_EMPTY = 1
+_FLAG_LEVEL_ZERO_SORTED = 2
+_FLAG_SINGLE_ITEM = 4
+_HEADER = struct.Struct("<BBBBHBB")
+_FULL = struct.Struct("<QHBB")
+
+
+def _cap_aux_aux(k: int, depth: int) -> int:
+    twok = k << 1
+    return (((twok << depth) // 3**depth) + 1) >> 1
+
+
+def _cap_aux(k: int, depth: int) -> int:
+    if depth <= 30:
+        return _cap_aux_aux(k, depth)
+    half = depth // 2
+    return _cap_aux_aux(_cap_aux_aux(k, half), depth - half)
+
+
+def total_capacity(k: int, num_levels: int, m: int = M) -> int:
+    """Items a KLL sketch with ``k`` and ``num_levels`` levels holds (level h: ~k·(2/3)^depth, at least m)."""
+    return sum(max(m, _cap_aux(k, num_levels - h - 1)) for h in range(num_levels))
+
+
+def kll_floats_n(data: bytes, what: str = "sketch") -> int:
+    """Check that ``data`` is a well-formed serialized KLL float sketch; return its ``n``.
+
+    Raises :class:`~tinymlops.errors.SpecError` naming ``what`` and the defect."""
+    if len(data) < _HEADER.size:
+        raise SpecError(f"{what}: a KLL sketch is at least 8 bytes, got {len(data)}")
+    pre, serial, family, flags, k, m, _ = _HEADER.unpack_from(data, 0)
+    if family != FAMILY_KLL:
+        raise SpecError(f"{what}: not a KLL sketch (family id {family}, expected {FAMILY_KLL})")
+    if m != M:
+        raise SpecError(f"{what}: KLL parameter m must be {M}, got {m}")
+    if not MIN_K <= k <= MAX_K:
+        raise SpecError(f"{what}: KLL parameter k must be within [{MIN_K}, {MAX_K}], got {k}")
+    if flags & ~(_FLAG_EMPTY | _FLAG_LEVEL_ZERO_SORTED | _FLAG_SINGLE_ITEM):
+        raise SpecError(f"{what}: unknown KLL flags {flags:#04x}")
+    if flags & _FLAG_EMPTY:
+        if flags & _FLAG_SINGLE_ITEM or (pre, serial, len(data)) != (2, 1, 8):
+            raise SpecError(f"{what}: malformed empty KLL sketch")
+        return 0
+    if flags & _FLAG_SINGLE_ITEM:
+        if (pre, serial, len(data)) != (2, 2, 12):
+            raise SpecError(f"{what}: malformed single-item KLL sketch")
+        if not math.isfinite(struct.unpack_from("<f", data, 8)[0]):
+            raise SpecError(f"{what}: KLL sketch holds a non-finite item")
+        return 1
+    if (pre, serial) != (5, 1) or len(data) < 20:
+        raise SpecError(f"{what}: malformed KLL sketch header (preamble {pre}, serial version {serial})")
+    n, min_k, num_levels, _ = _FULL.unpack_from(data, 8)
+    if not MIN_K <= min_k <= k:
+        raise SpecError(f"{what}: KLL min k must be within [{MIN_K}, k={k}], got {min_k}")
+    if not 1 <= num_levels <= MAX_LEVELS:
+        raise SpecError(f"{what}: KLL sketch has {num_levels} levels (1 to {MAX_LEVELS} allowed)")
+    body = 20 + 4 * num_levels
+    if len(data) < body + 8:
+        raise SpecError(f"{what}: KLL sketch truncated")
+    levels = list(struct.unpack_from(f"<{num_levels}I", data, 20))
+    capacity = total_capacity(k, num_levels, m)
+    levels.append(capacity)
+    if any(a > b for a, b in itertools.pairwise(levels)):
+        raise SpecError(f"{what}: KLL level offsets are out of order or beyond the capacity {capacity}")
+    retained = capacity - levels[0]
+    if len(data) != body + 8 + 4 * retained:
+        raise SpecError(f"{what}: KLL sketch is {len(data)} bytes, its levels say {body + 8 + 4 * retained}")
+    lo, hi = struct.unpack_from("<2f", data, body)
+    items = struct.unpack_from(f"<{retained}f", data, body + 8)
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+        raise SpecError(f"{what}: KLL min/max must be finite with min <= max, got {lo}, {hi}")
+    if not all(lo <= x <= hi for x in items):  # also refuses NaN (every comparison with NaN is false)
+        raise SpecError(f"{what}: KLL sketch holds an item outside [min, max] or a non-finite item")
+    weight = 0
+    base = levels[0]
+    for h in range(num_levels):
+        start, end = levels[h] - base, levels[h + 1] - base
+        if (h > 0 or flags & _FLAG_LEVEL_ZERO_SORTED) and any(items[i] > items[i + 1] for i in range(start, end - 1)):
+            raise SpecError(f"{what}: KLL level {h} is not sorted")
+        weight += (end - start) << h
+    if weight != n:
+        raise SpecError(f"{what}: KLL sketch weights add up to {weight}, but it says n = {n}")
+    return n
+
+
+__all__ = ["kll_floats_n", "total_capacity"]

@@ -1,0 +1,275 @@
+"""The telemetry recorder as runtime middleware around a real model (the digits CNN in ONNX Runtime,
+and a real bundle through Runtime.open): what a window holds, errors and rejected calls, telemetry
+that fails without failing predictions, atomic windows under concurrent calls, privacy by policy."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinymlops.edge.backends import open_backend
+from tinymlops.edge.middleware import Request, Response, compose
+from tinymlops.errors import InputMismatchError, SpecError, UsageError
+from tinymlops.observe.energy import EnergyMeter, PowerModelMeter
+from tinymlops.observe.memory import peak_rss_bytes, reset_peak
+from tinymlops.observe.policy import TelemetryPolicy
+from tinymlops.observe.privacy import PrivacyPolicy
+from tinymlops.observe.recorder import TelemetryRecorder, latency_buckets, latency_histogram
+from tinymlops.observe.sketches import InputProfile
+from tinymlops.spec.telemetry import TelemetryBatch
+
+BUNDLE = "d1" * 16
+
+
+class Clock:
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _endpoint(backend):
+    def endpoint(request: Request) -> Response:
+        (logits,) = backend.run(request.inputs)
+        return Response(outputs={"logits": logits}, models_called=("main",))
+
+    return endpoint
+
+
+def test_a_window_over_the_digits_cnn(digits_model) -> None:
+    backend = open_backend(digits_model.onnx)
+    clock = Clock()
+    recorder = TelemetryRecorder(BUNDLE, model="digits:1", meter=PowerModelMeter(5.0), clock=clock)
+    predict = compose([recorder], _endpoint(backend))
+    x = digits_model.x_test
+    want = []
+    for i in range(len(x)):
+        want.append(int(predict(Request(x[i : i + 1])).outputs["logits"].argmax()))
+    clock.now = 1_060.0
+    window = recorder.take_window()
+    assert window is not None and (window.window_start, window.window_end) == (1_000.0, 1_060.0)
+    perf = window.performance
+    assert (perf.requests, perf.errors) == (len(x), 0) and perf.latency is not None
+    assert perf.latency.count == len(x) and perf.latency.min_s > 0
+    assert perf.energy is not None and perf.energy.method == "model" and perf.energy.inferences == len(x)
+    assert perf.energy.joules_per_inference > 0
+    assert perf.peak_memory_bytes is not None and perf.peak_memory_bytes >= 10 * 2**20
+    inputs = window.inputs
+    assert inputs is not None and inputs.rows == len(x) and inputs.predictions == len(x)
+    # [batch, 1, 8, 8]: one channel feature (the image's mean intensity) and the 8 projections
+    assert [(f.kind, f.index) for f in inputs.features] == [("channel", 0)] + [("projection", j) for j in range(8)]
+    assert inputs.features[0].mean == pytest.approx(float(x.mean(axis=(1, 2, 3), dtype=np.float64).mean()), rel=1e-6)
+    assert inputs.classes == tuple(np.bincount(want, minlength=10))
+    assert inputs.confidence is not None and sum(inputs.confidence) == len(x)
+    assert window.privacy.classes is not None and window.privacy.classes.mechanism == "none"
+    # it is a valid document, and the next window starts where this one ended, empty
+    batch = TelemetryBatch("0123456789abcdef", 1_061.0, (window,))
+    assert TelemetryBatch.from_bytes(batch.to_bytes()) == batch
+    assert recorder.take_window() is None and recorder.window_start == 1_060.0
+
+
+def test_the_latency_histogram_round_trips_with_its_percentiles(digits_model) -> None:
+    from tinymlops.edge.agent.serving_stats import LatencyHistogram
+
+    h = LatencyHistogram()
+    for s in np.random.default_rng(0).lognormal(-7, 0.5, 2000):
+        h.add(float(s))
+    back = latency_histogram(latency_buckets(h))
+    assert back == h and back.quantiles((0.5, 0.95, 0.99)) == h.quantiles((0.5, 0.95, 0.99))
+    assert latency_buckets(LatencyHistogram()) is None
+
+
+def test_errors_and_rejected_calls(digits_model) -> None:
+    backend = open_backend(digits_model.onnx)
+    recorder = TelemetryRecorder(BUNDLE)
+    predict = compose([recorder], _endpoint(backend))
+    x = digits_model.x_test
+
+    def broken(request: Request) -> Response:
+        raise RuntimeError("the model fell over")
+
+    failing = compose([recorder], broken)
+    for i in range(5):
+        predict(Request(x[i : i + 1]))
+    for _ in range(2):
+        with pytest.raises(RuntimeError):
+            failing(Request(x[:1]))
+    with pytest.raises(InputMismatchError):
+        compose([recorder], lambda r: (_ for _ in ()).throw(InputMismatchError("bad shape")))(Request(x[:1]))
+    window = recorder.take_window()
+    assert window is not None
+    assert (window.performance.requests, window.performance.errors) == (7, 2)
+    assert window.performance.latency is not None and window.performance.latency.count == 5
+    assert window.inputs is not None and window.inputs.rows == 5  # failing calls are not profiled
+    assert recorder.rejected == 1
+
+
+class FailingMeter(EnergyMeter):
+    method = "rapl"
+
+    def __init__(self, fail_after: int) -> None:
+        self.reads = 0
+        self.fail_after = fail_after
+
+    def read(self) -> float:
+        self.reads += 1
+        if self.reads > self.fail_after:
+            raise OSError("the powercap driver went away")
+        return self.reads * 0.5
+
+
+def test_failing_telemetry_never_fails_a_prediction(digits_model) -> None:
+    backend = open_backend(digits_model.onnx)
+    meter = FailingMeter(fail_after=6)
+    recorder = TelemetryRecorder(BUNDLE, meter=meter)
+    predict = compose([recorder], _endpoint(backend))
+    x = digits_model.x_test
+    for i in range(10):
+        predict(Request(x[i : i + 1]))
+    # an input the profile cannot take (another row shape than its first) on a chain that accepts anything
+    loose = TelemetryRecorder(BUNDLE)
+    anything = compose([loose], lambda r: Response(outputs={"y": np.zeros((r.inputs.shape[0], 2), np.float32)}))
+    anything(Request(np.zeros((1, 4), np.float32)))
+    assert anything(Request(np.zeros((3, 5), np.float32))).outputs["y"].shape == (3, 2)
+    assert loose.profile_errors == 1
+    w = loose.take_window()
+    assert w is not None and w.performance.requests == 2 and w.inputs is not None and w.inputs.rows == 1
+    predict(Request(x[:1]))
+    assert recorder.profile_errors == 0
+    assert recorder.energy_errors == 1 and recorder.meter is None  # dropped after it failed
+    window = recorder.take_window()
+    assert window is not None and window.performance.requests == 11
+    assert window.performance.energy is not None and window.performance.energy.inferences == 3  # measured before
+    assert window.performance.energy.method == "rapl"
+
+
+def test_every_call_lands_in_exactly_one_window_under_concurrency(digits_model) -> None:
+    backend = open_backend(digits_model.onnx)
+    recorder = TelemetryRecorder(BUNDLE, meter=PowerModelMeter(1.0))
+    predict = compose([recorder], _endpoint(backend))
+    x = digits_model.x_test[:50]
+    calls_per_thread, threads = 150, 4
+    windows = []
+    done = threading.Event()
+
+    def worker() -> None:
+        for i in range(calls_per_thread):
+            predict(Request(x[i % 50 : i % 50 + 1]))
+
+    def taker() -> None:
+        while not done.is_set():
+            w = recorder.take_window()
+            if w is not None:
+                windows.append(w)
+
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    closer = threading.Thread(target=taker)
+    closer.start()
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    done.set()
+    closer.join()
+    last = recorder.take_window()
+    if last is not None:
+        windows.append(last)
+    total = calls_per_thread * threads
+    assert sum(w.performance.requests for w in windows) == total
+    assert sum(w.inputs.rows for w in windows if w.inputs) == total
+    assert sum(sum(w.inputs.classes or ()) for w in windows if w.inputs) == total
+    assert all(a.window_end <= b.window_start + 1e-9 for a, b in itertools.pairwise(windows))
+
+
+def test_privacy_by_policy_and_a_clock_set_back() -> None:
+    clock = Clock(5_000.0)
+    policy = TelemetryPolicy(
+        classes=3,
+        privacy=PrivacyPolicy(classes_epsilon=1.0, confidence_epsilon=1.0, window_epsilon=2.0, day_epsilon=2.0),
+    )
+    recorder = TelemetryRecorder(BUNDLE, policy=policy, clock=clock, rng=np.random.default_rng(0))
+    scores = np.array([[0.7, 0.2, 0.1]], np.float32)
+    predict = compose([recorder], lambda r: Response(outputs={"p": scores}))
+    for _ in range(50):
+        predict(Request(np.zeros((1, 4), np.float32)))
+    clock.now = 4_000.0  # set back: the window still ends no earlier than it started
+    first = recorder.take_window()
+    assert first is not None and first.window_end == first.window_start == 5_000.0
+    assert first.privacy.epsilon_spent == 2.0 and first.privacy.classes is not None
+    assert first.privacy.classes.mechanism == "randomized_response"
+    predict(Request(np.zeros((1, 4), np.float32)))
+    second = recorder.take_window(at=5_100.0)  # the 24-hour cap is spent: histograms withheld
+    assert second is not None and second.privacy.withheld == ("classes", "confidence")
+    assert second.inputs is not None and second.inputs.classes is None and second.inputs.rows == 1
+    exact = TelemetryRecorder(BUNDLE, policy=policy, clock=clock)
+    compose([exact], lambda r: Response(outputs={"p": scores}))(Request(np.zeros((1, 4), np.float32)))
+    w = exact.take_window(privatize_histograms=False)
+    assert w is not None and w.inputs is not None and w.inputs.classes == (1, 0, 0)
+
+
+def test_the_policy_table_of_a_manifest() -> None:
+    table = {
+        "enabled": True,
+        "latency_window": 512,
+        "max_features": 16,
+        "projection_dims": 4,
+        "classes": 10,
+        "memory": "window",
+        "privacy": {"classes_epsilon": 0.5, "day_epsilon": 10.0},
+    }
+    policy = TelemetryPolicy.from_table(table)
+    assert policy.max_features == 16 and policy.privacy.classes_epsilon == 0.5 and policy.privacy.day_epsilon == 10.0
+    for bad, names in (
+        ({"sketch_size": 3}, "does not implement sketch_size"),
+        ({"privacy": {"delta": 1e-6}}, "does not implement delta"),
+        ({"privacy": {"classes_epsilon": -1}}, "epsilon"),
+        ({"projection_dims": 65}, "projection_dims"),
+        ({"sketch_k": 4}, "sketch_k"),
+        ({"memory": "always"}, "memory"),
+        ({"inputs": "yes"}, "inputs"),
+        ({"privacy": []}, "privacy"),
+    ):
+        with pytest.raises(SpecError, match=names):
+            TelemetryPolicy.from_table({"enabled": True, **bad})
+    with pytest.raises(UsageError, match="bundle_id"):
+        TelemetryRecorder("not-a-bundle")
+
+
+def test_peak_memory_per_window_when_asked() -> None:
+    before = peak_rss_bytes()
+    block = np.ones(64 * 2**20 // 8)  # 64 MiB touched
+    high = peak_rss_bytes()
+    assert high >= before and high >= 60 * 2**20
+    del block
+    if not reset_peak():
+        pytest.skip("this kernel does not let a process reset its peak RSS")
+    assert peak_rss_bytes() < high - 32 * 2**20  # the mark restarted from the current size
+
+
+@pytest.mark.slow
+def test_through_a_real_bundle_and_runtime(sqlite_workspace, digits_model, tmp_path: Path) -> None:
+    """The recorder as extra middleware of Runtime.open on a signed, encrypted bundle."""
+    from tinymlops.bundle.builder import build_bundle
+    from tinymlops.bundle.workspace_keys import release_public_key
+    from tinymlops.crypto.keys import DeviceKeys
+    from tinymlops.edge.runtime import Runtime
+
+    ws = sqlite_workspace
+    ref = ws.registry.register("digits", digits_model.onnx).ref
+    device = DeviceKeys.generate()
+    out = tmp_path / "digits.tmlb"
+    build_bundle(ws, ref, target="x86-edge-server", device_public_key=device.wrapping_public, out=out)
+    recorder = TelemetryRecorder(BUNDLE, model=ref, policy=TelemetryPolicy(classes=10))
+    runtime = Runtime.open(out, device, [release_public_key(ws)], extra_middleware=[recorder])
+    x = digits_model.x_test[:100]
+    answers = [int(next(iter(runtime.predict(x[i : i + 1]).outputs.values())).argmax()) for i in range(100)]
+    window = recorder.take_window()
+    assert window is not None and window.model == ref and window.inputs is not None
+    assert window.inputs.classes == tuple(np.bincount(answers, minlength=10))
+    profile = InputProfile.from_window_dict(window.inputs.to_dict())
+    assert profile.rows == 100
