@@ -31,6 +31,7 @@ BENCHMARKS = {
     "device_auth": "bench_device_auth",
     "update_repo": "bench_update_repo",
     "telemetry": "bench_telemetry",
+    "drift": "bench_drift",
 }
 
 
