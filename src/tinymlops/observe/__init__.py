@@ -11,7 +11,9 @@ recorder never loads the drift tests' scipy):
   estimators that de-bias them, and the device's :class:`EpsilonBudget`.
 * :mod:`tinymlops.observe.energy` — :class:`EnergyMeter`: Intel RAPL or CPU time × the profile's power.
 * :mod:`tinymlops.observe.memory` — the process's peak resident memory.
+* :mod:`tinymlops.observe.policy` — :class:`TelemetryPolicy`, the bundle manifest's telemetry table.
 * :mod:`tinymlops.observe.recorder` — :class:`TelemetryRecorder`, the runtime middleware that
   fills a :class:`~tinymlops.spec.telemetry.TelemetryWindow`.
+* :mod:`tinymlops.observe.windows` — :func:`merge_windows`: two exact windows as one coarser one.
 * :mod:`tinymlops.observe.drift_tests` / ``drift_inputs`` — drift tests between profiles (server).
 """
