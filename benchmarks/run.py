@@ -31,6 +31,7 @@ BENCHMARKS = {
     "device_auth": "bench_device_auth",
     "update_repo": "bench_update_repo",
     "telemetry": "bench_telemetry",
+    "fleet_load": "bench_fleet_load",
     "drift": "bench_drift",
 }
 

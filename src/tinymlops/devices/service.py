@@ -19,8 +19,9 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Engine, delete, select, update
+from sqlalchemy import Engine, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.orm import Session
 
@@ -38,6 +39,14 @@ from tinymlops.errors import (
 from tinymlops.registry.db import session_factory
 
 DEFAULT_TOKEN_TTL_S = 900
+#: the statements every signed request runs (built once)
+_DEVICE_BY_ID = select(DeviceRow.__table__).where(DeviceRow.__table__.c.id == bindparam("device_id"))
+_NEW_NONCE = insert(DeviceNonceRow.__table__)
+_TOUCH = (
+    update(DeviceRow.__table__)
+    .where(DeviceRow.__table__.c.id == bindparam("device_id"))
+    .values(last_seen=bindparam("last_seen"))
+)
 #: how often (at most) the replay cache and expired bearer tokens are pruned
 PRUNE_EVERY_S = 60.0
 
@@ -47,7 +56,8 @@ def aware(dt: datetime | None) -> datetime | None:
     return dt.replace(tzinfo=UTC) if dt is not None and dt.tzinfo is None else dt
 
 
-def device_record(row: DeviceRow) -> DeviceRecord:
+def device_record(row: Any) -> DeviceRecord:
+    """A :class:`DeviceRecord` from an ORM :class:`DeviceRow` or a Core row of ``devices``."""
     enrolled = aware(row.enrolled_at)
     assert enrolled is not None
     return DeviceRecord(
@@ -125,7 +135,11 @@ class DeviceService:
 
     # --- authenticating requests --------------------------------------------------------------
     def _active_device(self, session: Session, device_id: str) -> DeviceRow:
-        row = session.get(DeviceRow, device_id)
+        return self._checked_active(session.get(DeviceRow, device_id), device_id)
+
+    @staticmethod
+    def _checked_active(row: Any, device_id: str) -> Any:
+        """``row`` (an ORM row or a Core row of ``devices``) if the device is enrolled and active."""
         if row is None:
             raise AuthenticationError(f"unknown device {device_id}: it is not enrolled here", device_id=device_id)
         if row.status != "active":
@@ -145,33 +159,37 @@ class DeviceService:
         """The device that signed ``request``, once every check passed and its nonce is recorded.
 
         ``must_be``: the device the resource belongs to; another device gets :class:`AccessDeniedError`.
+
+        Every device request comes through here, so it uses SQLAlchemy Core on one pooled connection
+        (one checkout, no ORM unit of work): a read transaction for the device, ended before the
+        checks, then a write transaction that starts with the nonce insert.
         """
         auth = request.auth()
         now = self._clock()
-        with self._sessions() as session:
-            record = device_record(self._active_device(session, auth.device_id))
-        verify_request(
-            auth,
-            method=request.method,
-            target=request.target,
-            body=request.body,
-            signing_public=record.signing_public,
-            now=now,
-            window_s=self.window_s,
-        )
-        self._check_owner(record.id, must_be)
-        seen = datetime.fromtimestamp(now, UTC)
-        with self._sessions() as session:
+        with self.engine.connect() as conn:
+            row = conn.execute(_DEVICE_BY_ID, {"device_id": auth.device_id}).one_or_none()
+            conn.rollback()  # no read snapshot is held into the write (SQLite could not upgrade it)
+            record = device_record(self._checked_active(row, auth.device_id))
+            verify_request(
+                auth,
+                method=request.method,
+                target=request.target,
+                body=request.body,
+                signing_public=record.signing_public,
+                now=now,
+                window_s=self.window_s,
+            )
+            self._check_owner(record.id, must_be)
+            seen = datetime.fromtimestamp(now, UTC)
             try:
-                session.add(DeviceNonceRow(device_id=record.id, nonce=auth.nonce, timestamp=auth.timestamp))
-                session.flush()
+                conn.execute(_NEW_NONCE, {"device_id": record.id, "nonce": auth.nonce, "timestamp": auth.timestamp})
             except DBIntegrityError:
-                session.rollback()
+                conn.rollback()
                 raise ReplayedRequestError(
                     f"replayed request: device {record.id} already used nonce {auth.nonce}", device_id=record.id
                 ) from None
-            session.execute(update(DeviceRow).where(DeviceRow.id == record.id).values(last_seen=seen))
-            session.commit()
+            conn.execute(_TOUCH, {"device_id": record.id, "last_seen": seen})
+            conn.commit()
         self._maybe_prune(now)
         return replace(record, last_seen=seen)
 

@@ -3,7 +3,11 @@
 Admin callers send ``Authorization: Bearer tmk_…`` (an API key; :func:`require_scope`). Devices
 sign each request (the ``X-Tinymlops-*`` headers, :mod:`tinymlops.devices.request_auth`) or send
 ``Authorization: Bearer tmd_…`` (a short-lived device token). Sync dependencies run in
-FastAPI's thread pool, so database work never blocks the event loop.
+FastAPI's thread pool, so database work never blocks the event loop; the dependencies that do no
+I/O (:func:`get_services`, :func:`reject_unknown_query`) are ``async`` so that they run on the
+event loop instead: every thread-pool hop costs a device request a hand-off between threads (and
+the GIL), which the fleet-load benchmark (``benchmarks/bench_fleet_load.py``) showed among the
+server's top costs.
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ def _declared_query(route: APIRoute) -> frozenset[str]:
     return names
 
 
-def reject_unknown_query(request: Request) -> None:
+async def reject_unknown_query(request: Request) -> None:
     """Unknown query parameters are refused (422), as unknown body fields are: a typo in a filter
     must not silently return everything."""
     route = request.scope.get("route")
@@ -76,7 +80,7 @@ def reject_unknown_query(request: Request) -> None:
         )
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
