@@ -388,7 +388,12 @@ class Fleet:
     async def run(self, duration_s: float, interval_s: float, jitter: float) -> tuple[Recording, float]:
         """Every device polls every ``interval_s`` (± ``jitter``) for ``duration_s``; the first polls
         are spread evenly over one interval. Returns the recording and the wall time until the last
-        cycle finished (cycles started before the end are waited for)."""
+        cycle finished (cycles started before the end are waited for).
+
+        Poll counts start again at 0 for each run, so that even in a short run where each device polls
+        once the report mix is the planned one (the devices' report phases are spread evenly)."""
+        for dev in self.devices:
+            dev.polls = 0
         rec = Recording()
         start = time.perf_counter()
         end = start + duration_s
