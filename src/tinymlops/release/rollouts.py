@@ -533,18 +533,26 @@ class Rollouts:
         self._releases._fresh_until = None
 
     # --- automatic -----------------------------------------------------------------------------
-    def advance(self, release_id: str | None = None) -> list[Transition]:
+    def advance(self, release_id: str | None = None, *, wait: bool = True) -> list[Transition]:
         """Judge every moving rollout (or just ``release_id``'s) and take the automatic transitions;
-        returns the transitions taken. Safe to call often and from many threads."""
+        returns the transitions taken. Safe to call often and from many threads: finding nothing
+        moving takes no lock, and with ``wait=False`` (a device's report) a call that finds another
+        one advancing returns at once — that one, or the next poll's :meth:`tick`, sees the report."""
         taken: list[Transition] = []
-        with self._lock:
-            with self._releases._sessions() as session:
-                query = select(RolloutRow.release_id).where(RolloutRow.status.in_(MOVING))
-                if release_id is not None:
-                    query = query.where(RolloutRow.release_id == release_id)
-                ids = list(session.scalars(query).all())
+        with self._releases._sessions() as session:
+            query = select(RolloutRow.release_id).where(RolloutRow.status.in_(MOVING))
+            if release_id is not None:
+                query = query.where(RolloutRow.release_id == release_id)
+            ids = list(session.scalars(query).all())
+        if not ids:
+            return taken
+        if not self._lock.acquire(blocking=wait):
+            return taken
+        try:
             for rid in ids:
                 taken.extend(self._advance_one(rid))
+        finally:
+            self._lock.release()
         if any(t.to_status in ("running", "completed", "rolling_back") for t in taken):
             self._repo_refresh()
         return taken

@@ -720,7 +720,7 @@ class ReleaseService:
         if release_id is None:
             return
         try:
-            self.rollouts.advance(release_id)
+            self.rollouts.advance(release_id, wait=False)
         except Exception:  # logged: the report is stored and the next report or poll tries again
             log.exception("advancing the rollout of release %s failed", release_id)
 
