@@ -101,19 +101,11 @@ class ClassLatency:
 
 def weighted_median(pairs: Iterable[tuple[float, int]]) -> float | None:
     """The value at half of the total weight (the lower one on an exact tie); None without weight."""
-    items = sorted((v, w) for v, w in pairs if w > 0)
-    total = sum(w for _, w in items)
-    if total == 0:
-        return None
-    seen = 0
-    for value, weight in items:
-        seen += weight
-        if 2 * seen >= total:
-            return value
-    return items[-1][0]  # unreachable
+    return weighted_quantile(pairs, 0.5)
 
 
 def weighted_quantile(pairs: Iterable[tuple[float, int]], q: float) -> float | None:
+    """The smallest value whose cumulative weight reaches ``q`` of the total; None without weight."""
     items = sorted((v, w) for v, w in pairs if w > 0)
     total = sum(w for _, w in items)
     if total == 0:
