@@ -15,7 +15,10 @@ import delivery_world
 from delivery_world import World
 from tinymlops.errors import ConflictError, NotFoundError, RolloutTransitionError, SpecError, UsageError
 from tinymlops.release import UpdateRepository
+from tinymlops.release.rollout import promote
+from tinymlops.release.rollouts import _state as rollout_state
 from tinymlops.release.rollouts import assign_stages
+from tinymlops.release.schema import RolloutRow
 from tinymlops.release.service import ReleaseRecord, ReleaseService
 from tinymlops.spec.health_report import HealthReport
 from tinymlops.spec.install_report import InstallReport
@@ -329,3 +332,36 @@ def test_a_release_can_target_device_profiles(delivery: World, tmp_path: Path) -
     assert offered(delivery, pi) == (None, None, False)
     with pytest.raises(NotFoundError, match="of profile\\(s\\) jetson-orin-nano"):
         service.create_release("tiny:1", profiles=["jetson-orin-nano"])
+
+
+def test_a_writer_that_lost_the_race_changes_neither_the_rollout_nor_the_repository(
+    delivery: World, tmp_path: Path
+) -> None:
+    devices = fleet(delivery, tmp_path, 4)
+    one, two = ReleaseService(delivery.ws), ReleaseService(delivery.ws)  # two server processes
+    release = one.create_release("tiny:1", plan=THREE_STAGES)
+    with one._sessions() as session:  # process one reads the running rollout …
+        stale = session.get(RolloutRow, release.id)
+        session.expunge(stale)
+    two.rollouts.pause(release.id, actor="cli:bob")  # … process two pauses it first
+    timestamp = (delivery.tuf / "metadata" / "timestamp.json").read_bytes()
+    step = promote(rollout_state(stale), actor="cli:alice", now=0.0)  # legal from what one read: publishes stage 1
+    with one._sessions() as session, pytest.raises(ConflictError, match="changed by someone else"):
+        rows = one.rollouts._assignments(session, release.id)
+        one.rollouts._apply(session, stale, [(step.state, step.transition)], rows)
+    assert (delivery.tuf / "metadata" / "timestamp.json").read_bytes() == timestamp  # nothing published
+    status = one.rollouts.status(release.id)
+    assert (status.state.status, status.state.stage) == ("paused", 0)
+    assert status.transitions[-1].actor == "cli:bob"
+    assert sum(offered(delivery, d)[0] == release.id for d in devices) == 1  # still only the canary
+
+
+def test_a_rollback_whose_previous_bundle_file_is_gone_withdraws_the_target(delivery: World, tmp_path: Path) -> None:
+    devices = fleet(delivery, tmp_path, 2)
+    service = ReleaseService(delivery.ws)
+    base = everyone_on(service, delivery, devices, "tiny:1")
+    release = service.create_release("tiny:2")
+    (Path(delivery.ws.root) / "releases" / base.id / f"{devices[0]}.tmlb").unlink()  # someone cleaned up
+    service.rollouts.rollback(release.id, actor="cli:alice")
+    assert offered(delivery, devices[0]) == (None, None, False)  # never a target pointing at nothing
+    assert offered(delivery, devices[1])[:2] == (base.id, base.assignment(devices[1]).bundle_sha256)

@@ -35,13 +35,13 @@ import getpass
 import math
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 
-from tinymlops.errors import ConflictError, NotFoundError, RolloutTransitionError, UsageError
+from tinymlops.errors import ConflictError, NotFoundError, UsageError
 from tinymlops.release import offers
 from tinymlops.release.rollout import (
     AUTO,
@@ -190,6 +190,21 @@ def _transition(row: RolloutTransitionRow) -> Transition:
     )
 
 
+def _transition_row(t: Transition, verdict: Verdict | None = None) -> RolloutTransitionRow:
+    """The row a transition is stored as (an automatic one with the verdict behind it)."""
+    return RolloutTransitionRow(
+        release_id=t.release_id,
+        from_status=t.from_status,
+        from_stage=t.from_stage,
+        to_status=t.to_status,
+        to_stage=t.to_stage,
+        reason=t.reason[:4000],
+        actor=t.actor,
+        at=t.at,
+        verdict=None if verdict is None or t.actor != AUTO else verdict.to_dict(),
+    )
+
+
 def _is_smoke_failure(report: InstallReportRow) -> bool:
     return report.status == "failed" and "smoke test" in (report.reason or "").lower()
 
@@ -243,9 +258,17 @@ class Rollouts:
                     out[rep.device_id] = rep
         return out
 
-    def _snapshot(self, session: Any, state: RolloutState, rows: list[ReleaseAssignmentRow]) -> HealthSnapshot:
+    def _snapshot(
+        self,
+        session: Any,
+        state: RolloutState,
+        rows: list[ReleaseAssignmentRow],
+        reports: dict[str, InstallReportRow] | None = None,
+    ) -> HealthSnapshot:
+        """``reports``: :meth:`_latest_reports` of ``rows`` when the caller already has them."""
         reached = [r for r in rows if r.published_at is not None]
-        reports = self._latest_reports(session, reached)
+        if reports is None:
+            reports = self._latest_reports(session, reached)
         ok = failed = smoke = 0
         for rep in reports.values():
             if rep.status == "installed":
@@ -344,19 +367,7 @@ class Rollouts:
                 if transition.to_status == "rolling_back":
                     self._withdraw_all(session, edit, rows)
                     changed_repo = True
-                session.add(
-                    RolloutTransitionRow(
-                        release_id=transition.release_id,
-                        from_status=transition.from_status,
-                        from_stage=transition.from_stage,
-                        to_status=transition.to_status,
-                        to_stage=transition.to_stage,
-                        reason=transition.reason[:4000],
-                        actor=transition.actor,
-                        at=transition.at,
-                        verdict=None if verdict is None or transition.actor != AUTO else verdict.to_dict(),
-                    )
-                )
+                session.add(_transition_row(transition, verdict))
             changed_repo = changed_repo and edit.changed
         if changed_repo:
             self._releases._fresh_until = None
@@ -394,21 +405,9 @@ class Rollouts:
                 last_verdict=None,
             )
         )
-        for step in steps:
-            t = step.transition
-            session.add(
-                RolloutTransitionRow(
-                    release_id=release_id,
-                    from_status=t.from_status,
-                    from_stage=t.from_stage,
-                    to_status=t.to_status,
-                    to_stage=t.to_stage,
-                    reason=t.reason if step is not steps[0] else f"release created; {published} device(s) published",
-                    actor=t.actor,
-                    at=t.at,
-                    verdict=None,
-                )
-            )
+        started = replace(steps[0].transition, reason=f"release created; {published} device(s) published")
+        for t in (started, *(step.transition for step in steps[1:])):
+            session.add(_transition_row(t))
 
     def busy_devices(self, session: Any, device_ids: Iterable[str]) -> dict[str, str]:
         """Which of these devices an active rollout holds (device id -> release id)."""
@@ -435,8 +434,8 @@ class Rollouts:
             row = self._load(session, release_id)
             state = _state(row)
             rows = self._assignments(session, release_id)
-            snapshot = self._snapshot(session, state, rows) if state.status not in ("pending",) else None
-            reports = self._latest_reports(session, rows)
+            reports = self._latest_reports(session, rows)  # only published rows can have reports
+            snapshot = self._snapshot(session, state, rows, reports) if state.status != "pending" else None
             stages = []
             for index, stage in enumerate(state.plan.stages):
                 members = [r for r in rows if r.stage == index]
@@ -500,10 +499,7 @@ class Rollouts:
             kwargs: dict[str, Any] = {"actor": actor, "now": self._now().timestamp()}
             if reason:
                 kwargs["reason"] = reason
-            try:
-                step: Step = fn(state, **kwargs)
-            except RolloutTransitionError:
-                raise
+            step: Step = fn(state, **kwargs)  # RolloutTransitionError (409) when the state does not allow it
             rows = self._assignments(session, release_id)
             self._apply(session, row, [(step.state, step.transition)], rows)
             session.commit()
