@@ -242,17 +242,20 @@ def test_bonferroni_divides_p_value_thresholds_by_the_features_compared() -> Non
 
 
 def test_require_all_versus_any() -> None:
-    """A tiny but real shift over many samples: KS finds it, Wasserstein says it is below 0.1 SD."""
+    """A tiny but real shift over many samples: KS finds it, Wasserstein says it is below 0.2 SD (the
+    line sits well above the 0.08 SD shift: KLL's randomized compaction moves the sketch's W1 by a few
+    hundredths of an SD from run to run, and at a 0.1 SD line this test failed about one run in six)."""
     x = BREAST[:, 0]
     rng = np.random.default_rng(9)
     ref = dist(np.concatenate([x] * 20) + rng.normal(0, 0.05 * x.std(), 20 * x.size))
     live = dist(np.concatenate([x] * 20) + rng.normal(0, 0.05 * x.std(), 20 * x.size) + 0.08 * x.std())
-    policy = DriftPolicy(ks_rank_error="point")
+    policy = DriftPolicy(ks_rank_error="point", thresholds={"wasserstein": 0.2})
     every = compare_feature("f0", ref, live, policy)
     assert every.result("ks").verdict is Verdict.DRIFT
     assert every.result("wasserstein").verdict is Verdict.NO_DRIFT
     assert every.verdict is Verdict.NO_DRIFT
-    assert compare_feature("f0", ref, live, DriftPolicy(ks_rank_error="point", require="any")).verdict is Verdict.DRIFT
+    anyone = DriftPolicy(ks_rank_error="point", require="any", thresholds={"wasserstein": 0.2})
+    assert compare_feature("f0", ref, live, anyone).verdict is Verdict.DRIFT
 
 
 def test_rank_error_modes_order_the_verdicts() -> None:

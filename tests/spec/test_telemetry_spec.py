@@ -34,6 +34,7 @@ from tinymlops.spec.telemetry import (
     FeatureSummary,
     LatencyBuckets,
     Performance,
+    StoreStatus,
     TelemetryBatch,
     TelemetryWindow,
 )
@@ -129,8 +130,47 @@ def test_a_batch_round_trips_through_dicts_and_canonical_bytes() -> None:
     assert w.performance.latency is not None and w.performance.latency.count == 300
     assert w.inputs is not None and w.inputs.feature("projection", 0).count == 300
     # the parsed batch equals the one built directly from its parts
-    direct = TelemetryBatch(DEVICE, 1_718_000_061.0, batch.windows)
+    direct = TelemetryBatch(DEVICE, 1_718_000_061.0, batch.windows, spec_version="1.0")
     assert direct == batch
+
+
+def test_a_1_1_batch_carries_the_store_status_and_a_1_0_batch_stays_byte_for_byte() -> None:
+    old = TelemetryBatch.from_dict(_batch(_window()))
+    assert old.store is None and b'"store"' not in old.to_bytes()
+    doc = _batch(_window())
+    doc.update(
+        spec_version="1.1",
+        store={"status": "full", "pending_windows": 7, "merged_windows": 2, "dropped_windows": 0, "error": "quota"},
+    )
+    batch = TelemetryBatch.from_dict(doc)
+    assert batch.store == StoreStatus("full", 7, 2, 0, "quota")
+    assert TelemetryBatch.from_bytes(batch.to_bytes()) == batch
+
+
+@pytest.mark.parametrize(
+    ("store", "message"),
+    [
+        ({"status": "broken", "pending_windows": 0, "merged_windows": 0, "dropped_windows": 0}, "status"),
+        ({"status": "ok", "pending_windows": 0, "merged_windows": 0, "dropped_windows": 0, "error": "x"}, "no error"),
+        ({"status": "full", "pending_windows": -1, "merged_windows": 0, "dropped_windows": 0}, "pending_windows"),
+        ({"status": "full", "pending_windows": 0, "merged_windows": 0, "dropped_windows": 0, "extra": 1}, "extra"),
+        (
+            {
+                "status": "unwritable",
+                "pending_windows": 0,
+                "merged_windows": 0,
+                "dropped_windows": 0,
+                "error": "e" * 201,
+            },
+            "error",
+        ),
+    ],
+)
+def test_a_malformed_store_status_is_refused_naming_the_field(store: dict[str, Any], message: str) -> None:
+    doc = _batch(_window())
+    doc["store"] = store
+    with pytest.raises(SpecError, match=message):
+        TelemetryBatch.from_dict(doc)
 
 
 def test_the_latency_scheme_is_the_one_serving_stats_uses() -> None:

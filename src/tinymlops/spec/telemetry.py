@@ -45,7 +45,14 @@ epsilon spent). The document (an unsigned request: unknown fields are refused ev
           "epsilon_spent": 2.0,             # the sum of the epsilons above
           "withheld": ["classes"]           # histograms left out because the budget refused
         }
-      }]
+      }],
+      "store": {                           # optional (1.1): the device's upload store, as it was
+        "status": "ok" | "full" | "unwritable",
+        "pending_windows": 3,              # windows waiting on the device after this batch
+        "merged_windows": 0,               # windows merged into coarser ones since the last batch
+        "dropped_windows": 0,              # windows lost since the last batch (only when merging could not help)
+        "error": "disk I/O error" | null   # what went wrong, when status is not ok
+      } | null
     }
 
 Rules the parser enforces beyond types and ranges: a histogram is present exactly when the privacy
@@ -82,7 +89,9 @@ from tinymlops.spec._parse import check_version, reject_unknown
 from tinymlops.spec.kll_format import kll_floats_n
 
 TELEMETRY_MAJOR = 1
-TELEMETRY_VERSION = "1.0"
+TELEMETRY_VERSION = "1.1"
+STORE_STATUSES = ("ok", "full", "unwritable")
+MAX_STORE_ERROR_CHARS = 200
 MAX_WINDOWS = 64
 MAX_FEATURES = 1024
 #: decoded bytes of one sketch (a k=200 float sketch stays under 3 KiB whatever it has seen)
@@ -703,25 +712,71 @@ def _check_histograms(where: str, inputs: InputsSummary | None, privacy: Privacy
 
 
 @dataclass(frozen=True)
+class StoreStatus:
+    """The device's upload store when the batch was made: a full or unwritable store is a condition
+    the server shows (predictions go on; windows may have been merged or, at worst, dropped)."""
+
+    status: str = "ok"
+    pending_windows: int = 0
+    merged_windows: int = 0
+    dropped_windows: int = 0
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        type(self).from_dict(self.to_dict())  # one set of rules for documents and direct construction
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = f"{DOC}: store") -> StoreStatus:
+        data = _obj(where, data, {"status", "pending_windows", "merged_windows", "dropped_windows", "error"})
+        status = _need(where, data, "status")
+        if status not in STORE_STATUSES:
+            raise SpecError(f"{where}: field 'status' must be one of {', '.join(STORE_STATUSES)}, got {status!r:.40}")
+        error = data.get("error")
+        if error is not None and (not isinstance(error, str) or len(error) > MAX_STORE_ERROR_CHARS):
+            raise SpecError(f"{where}: field 'error' must be null or a string of at most {MAX_STORE_ERROR_CHARS}")
+        if status == "ok" and error is not None:
+            raise SpecError(f"{where}: an 'ok' store has no error")
+        return _build(
+            cls,
+            status=status,
+            pending_windows=_int(where, data, "pending_windows"),
+            merged_windows=_int(where, data, "merged_windows"),
+            dropped_windows=_int(where, data, "dropped_windows"),
+            error=error,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "pending_windows": self.pending_windows,
+            "merged_windows": self.merged_windows,
+            "dropped_windows": self.dropped_windows,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
 class TelemetryBatch:
     device_id: str
     created_at: float
     windows: tuple[TelemetryWindow, ...]
     spec_version: str = TELEMETRY_VERSION
+    store: StoreStatus | None = None
 
     def __post_init__(self) -> None:
-        TelemetryBatch.from_dict(
-            {
-                "spec_version": self.spec_version,
-                "device_id": self.device_id,
-                "created_at": self.created_at,
-                "windows": list(self.windows),
-            }
-        )
+        doc: dict[str, Any] = {
+            "spec_version": self.spec_version,
+            "device_id": self.device_id,
+            "created_at": self.created_at,
+            "windows": list(self.windows),
+        }
+        if self.store is not None:
+            doc["store"] = self.store
+        TelemetryBatch.from_dict(doc)
 
     @classmethod
     def from_dict(cls, data: Any) -> TelemetryBatch:
-        data = _obj(DOC, data, {"spec_version", "device_id", "created_at", "windows"})
+        data = _obj(DOC, data, {"spec_version", "device_id", "created_at", "windows", "store"})
         version = check_version(DOC, data, TELEMETRY_MAJOR)
         device_id = _need(DOC, data, "device_id")
         if not isinstance(device_id, str) or not _HEX16.match(device_id):
@@ -734,15 +789,23 @@ class TelemetryBatch:
             w if isinstance(w, TelemetryWindow) else TelemetryWindow.from_dict(w, f"{DOC}: windows[{i}]")
             for i, w in enumerate(raw)
         )
-        return _build(cls, spec_version=version, device_id=device_id, created_at=created_at, windows=windows)
+        store = data.get("store")
+        if store is not None and not isinstance(store, StoreStatus):
+            store = StoreStatus.from_dict(store)
+        return _build(
+            cls, spec_version=version, device_id=device_id, created_at=created_at, windows=windows, store=store
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "spec_version": self.spec_version,
             "device_id": self.device_id,
             "created_at": self.created_at,
             "windows": [w.to_dict() for w in self.windows],
         }
+        if self.store is not None:  # absent, not null, so a 1.0 batch stays byte-for-byte what it was
+            out["store"] = self.store.to_dict()
+        return out
 
     def to_bytes(self) -> bytes:
         """Canonical JSON: sorted keys, no whitespace, no NaN, UTF-8 — what a signature covers."""
@@ -806,6 +869,7 @@ __all__ = [
     "MAX_SKETCH_BYTES",
     "MAX_WINDOWS",
     "MECHANISMS",
+    "STORE_STATUSES",
     "TELEMETRY_VERSION",
     "Energy",
     "FeatureSummary",
@@ -815,6 +879,7 @@ __all__ = [
     "Performance",
     "Privacy",
     "Projection",
+    "StoreStatus",
     "TelemetryBatch",
     "TelemetryWindow",
     "canonical_json",
