@@ -26,6 +26,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from tinymlops.errors import InvalidInputError
+from tinymlops.spec.kll_format import kll_floats_items
+
+
+def _is_kll_floats(sketch: Any) -> bool:
+    import datasketches
+
+    return isinstance(sketch, datasketches.kll_floats_sketch)
 
 
 class QuantileSketch(Protocol):
@@ -96,9 +103,16 @@ class FeatureDistribution:
             raise InvalidInputError(f"{what}: count {count} does not match the sketch's {n} values")
         if sketch.is_empty():
             return cls(items=np.empty(0), weights=np.empty(0), exact_std=std)
-        pairs = list(sketch)
-        items = np.fromiter((p[0] for p in pairs), dtype=np.float64, count=len(pairs))
-        weights = np.fromiter((p[1] for p in pairs), dtype=np.float64, count=len(pairs))
+        if _is_kll_floats(sketch):
+            # the weights come from the serialized levels, not the binding's iterator (it reports
+            # weight 1 for every item of a merged sketch: see tinymlops.spec.kll_format.kll_floats_items)
+            raw_items, raw_weights = kll_floats_items(sketch.serialize(), what)  # type: ignore[attr-defined]
+            items = np.asarray(raw_items, dtype=np.float64)
+            weights = np.asarray(raw_weights, dtype=np.float64)
+        else:  # another sketch type: its iterator (the weight check below catches a wrong one)
+            pairs = list(sketch)
+            items = np.fromiter((p[0] for p in pairs), dtype=np.float64, count=len(pairs))
+            weights = np.fromiter((p[1] for p in pairs), dtype=np.float64, count=len(pairs))
         if not np.all(np.isfinite(items)):
             raise InvalidInputError(f"{what}: the sketch holds NaN or infinite values")
         if int(weights.sum()) != n:

@@ -74,6 +74,22 @@ def kll_floats_n(data: bytes, what: str = "sketch") -> int:
     """Check that ``data`` is a well-formed serialized KLL float sketch; return its ``n``.
 
     Raises :class:`~tinymlops.errors.SpecError` naming ``what`` and the defect."""
+    return _read(data, what)[0]
+
+
+def kll_floats_items(data: bytes, what: str = "sketch") -> tuple[list[float], list[int]]:
+    """The retained items of a (checked) serialized KLL float sketch and the weight of each (an item
+    on level h weighs 2^h; the weights add up to ``n``), in storage order.
+
+    Read from the bytes rather than through the ``datasketches`` binding's iterator: in
+    datasketches 5.2.0 that iterator reports weight 1 for every item of a sketch made by ``merge``
+    (its ``n`` and rank queries stay right), which understates the merged sketch's higher levels —
+    a merged fleet profile read that way holds a fraction of its samples."""
+    _, items, weights = _read(data, what)
+    return items, weights
+
+
+def _read(data: bytes, what: str) -> tuple[int, list[float], list[int]]:
     if len(data) < _HEADER.size:
         raise SpecError(f"{what}: a KLL sketch is at least 8 bytes, got {len(data)}")
     pre, serial, family, flags, k, m, _ = _HEADER.unpack_from(data, 0)
@@ -88,13 +104,14 @@ def kll_floats_n(data: bytes, what: str = "sketch") -> int:
     if flags & _FLAG_EMPTY:
         if flags & _FLAG_SINGLE_ITEM or (pre, serial, len(data)) != (2, 1, 8):
             raise SpecError(f"{what}: malformed empty KLL sketch")
-        return 0
+        return 0, [], []
     if flags & _FLAG_SINGLE_ITEM:
         if (pre, serial, len(data)) != (2, 2, 12):
             raise SpecError(f"{what}: malformed single-item KLL sketch")
-        if not math.isfinite(struct.unpack_from("<f", data, 8)[0]):
+        item = struct.unpack_from("<f", data, 8)[0]
+        if not math.isfinite(item):
             raise SpecError(f"{what}: KLL sketch holds a non-finite item")
-        return 1
+        return 1, [item], [1]
     if (pre, serial) != (5, 1) or len(data) < 20:
         raise SpecError(f"{what}: malformed KLL sketch header (preamble {pre}, serial version {serial})")
     n, min_k, num_levels, _ = _FULL.unpack_from(data, 8)
@@ -121,14 +138,16 @@ def kll_floats_n(data: bytes, what: str = "sketch") -> int:
         raise SpecError(f"{what}: KLL sketch holds an item outside [min, max] or a non-finite item")
     weight = 0
     base = levels[0]
+    weights: list[int] = []
     for h in range(num_levels):
         start, end = levels[h] - base, levels[h + 1] - base
         if (h > 0 or flags & _FLAG_LEVEL_ZERO_SORTED) and any(items[i] > items[i + 1] for i in range(start, end - 1)):
             raise SpecError(f"{what}: KLL level {h} is not sorted")
         weight += (end - start) << h
+        weights.extend([1 << h] * (end - start))
     if weight != n:
         raise SpecError(f"{what}: KLL sketch weights add up to {weight}, but it says n = {n}")
-    return n
+    return n, list(items), weights
 
 
-__all__ = ["kll_floats_n", "total_capacity"]
+__all__ = ["kll_floats_items", "kll_floats_n", "total_capacity"]
