@@ -26,9 +26,27 @@ def run_cmd(
     backoff_base: Annotated[float, typer.Option(help="First back-off after a failure, seconds.", min=0.01)] = 2.0,
     backoff_cap: Annotated[float, typer.Option(help="Longest back-off, seconds.", min=0.01)] = 600.0,
     context_file: Annotated[Path | None, typer.Option(help="DeviceContext JSON read before every poll.")] = None,
+    telemetry_consent: Annotated[
+        bool, typer.Option("--telemetry-consent/--no-telemetry-consent", help="The user agrees to upload telemetry.")
+    ] = False,
+    upload_any_network: Annotated[
+        bool, typer.Option("--upload-any-network", help="Upload telemetry on cellular too (default: Wi-Fi only).")
+    ] = False,
+    upload_only_charging: Annotated[
+        bool, typer.Option("--upload-only-charging", help="Upload telemetry only while charging.")
+    ] = False,
+    upload_max_bytes_per_day: Annotated[
+        int | None, typer.Option(help="Most compressed telemetry bytes in any 24 hours.", min=1)
+    ] = None,
+    telemetry_interval: Annotated[
+        float, typer.Option(help="Seconds between telemetry windows (0: every cycle).", min=0.0)
+    ] = 60.0,
 ) -> None:
     """Enrol once (with --token and --profile), then poll the server's TUF repository, install what it
-    publishes for this device into A/B slots, and report every install. One JSON line per event."""
+    publishes for this device into A/B slots, and report every install. One JSON line per event.
+    Telemetry windows wait on the device and are uploaded only with --telemetry-consent, on Wi-Fi
+    (unless --upload-any-network), while charging with --upload-only-charging, within
+    --upload-max-bytes-per-day."""
     from tinymlops.edge.agent.command import main
 
     argv = ["run", "--server", server, "--data-dir", str(data_dir), "--poll-interval", str(interval)]
@@ -41,6 +59,14 @@ def run_cmd(
         argv += ["--context-file", str(context_file)]
     if once:
         argv.append("--once")
+    argv.append("--telemetry-consent" if telemetry_consent else "--no-telemetry-consent")
+    if upload_any_network:
+        argv.append("--upload-any-network")
+    if upload_only_charging:
+        argv.append("--upload-only-charging")
+    if upload_max_bytes_per_day is not None:
+        argv += ["--upload-max-bytes-per-day", str(upload_max_bytes_per_day)]
+    argv += ["--telemetry-interval", str(telemetry_interval)]
     code = main(argv)
     if code:
         raise typer.Exit(code)

@@ -7,6 +7,11 @@ factory registered here with a fixed *position*, so the chain order is the one D
 (meter → guard → model → telemetry → prover) whatever order the manifest lists them in. A
 manifest naming a policy this runtime does not know is refused: silently skipping, say, a
 metering policy would let an old runtime give away what a newer release charges for.
+
+A factory gets the policy's table and a :class:`PolicyContext`: which bundle the chain belongs to
+(its id and the model ref the verified manifest carries), the device's energy meter, and the
+clocks. The ``telemetry`` policy builds a :class:`~tinymlops.observe.recorder.TelemetryRecorder`
+(:class:`~tinymlops.observe.policy.TelemetryPolicy` read from the table) bound to that bundle.
 """
 
 from __future__ import annotations
@@ -14,11 +19,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tinymlops.errors import SpecError
+from tinymlops.errors import SpecError, UsageError
+
+if TYPE_CHECKING:
+    from tinymlops.observe.energy import EnergyMeter
 
 #: chain positions of the manifest's policies (the ones later issues add included)
 POSITIONS = {"metering": 10, "guard": 20, "telemetry": 40, "proof": 50}
@@ -41,8 +49,29 @@ class Response:
 
 CallNext = Callable[[Request], Response]
 Middleware = Callable[[Request, CallNext], Response]
-#: a factory gets the policy's table from the manifest and returns the middleware
-MiddlewareFactory = Callable[[Mapping[str, Any]], Middleware]
+
+
+@dataclass(frozen=True)
+class PolicyContext:
+    """What a policy's middleware may need beyond its table: the bundle it serves (``bundle_id``,
+    ``model`` = the model ref the manifest carries), the device's ``meter`` (None: no energy is
+    recorded), ``clock`` (wall clock, stamps windows) and ``timer`` (monotonic, times calls)."""
+
+    bundle_id: str
+    model: str | None = None
+    meter: EnergyMeter | None = None
+    clock: Callable[[], float] = time.time
+    timer: Callable[[], float] = time.perf_counter
+
+    @classmethod
+    def from_manifest(cls, manifest: Any, **kwargs: Any) -> PolicyContext:
+        """The context of a verified manifest (its ``bundle_id`` and ``model.ref``)."""
+        model = getattr(getattr(manifest, "model", None), "ref", None)
+        return cls(manifest.bundle_id, model=model if isinstance(model, str) else None, **kwargs)
+
+
+#: a factory gets the policy's table from the manifest and the context, and returns the middleware
+MiddlewareFactory = Callable[[Mapping[str, Any], PolicyContext | None], Middleware]
 
 _FACTORIES: dict[str, MiddlewareFactory] = {}
 
@@ -53,8 +82,14 @@ def register_middleware(name: str, factory: MiddlewareFactory) -> None:
     _FACTORIES[name] = factory
 
 
-def build_chain(policies: Mapping[str, Any], extra: list[Middleware] | None = None) -> list[Middleware]:
-    """The middleware the manifest's policies enable, in canonical order (then ``extra``)."""
+def build_chain(
+    policies: Mapping[str, Any],
+    extra: list[Middleware] | None = None,
+    *,
+    context: PolicyContext | None = None,
+) -> list[Middleware]:
+    """The middleware the manifest's policies enable, in canonical order (then ``extra``).
+    ``context`` is the bundle's (:class:`PolicyContext`); a policy that needs it refuses without."""
     enabled = []
     for name, table in policies.items():
         if not isinstance(table, Mapping) or table.get("enabled") is not True:
@@ -66,7 +101,7 @@ def build_chain(policies: Mapping[str, Any], extra: list[Middleware] | None = No
                 policy=name,
             )
         enabled.append((POSITIONS[name], name, table))
-    chain = [_FACTORIES[name](table) for _, name, table in sorted(enabled)]
+    chain = [_FACTORIES[name](table, context) for _, name, table in sorted(enabled)]
     return chain + list(extra or [])
 
 
@@ -85,48 +120,41 @@ def _bind(mw: Middleware, nxt: CallNext) -> CallNext:
     return call
 
 
-class LatencyRecorder:
-    """Records the wall-clock latency of every call (errors counted apart) in a bounded ring
-    buffer; percentiles are computed when asked, never on the hot path."""
+def _telemetry_factory(table: Mapping[str, Any], context: PolicyContext | None) -> Middleware:
+    """The telemetry policy: a TelemetryRecorder for the bundle, with the context's meter and clocks.
 
-    def __init__(self, capacity: int = 4096) -> None:
-        if capacity < 1:
-            raise SpecError("telemetry policy: latency_window must be >= 1")
-        self._buf = np.zeros(capacity, dtype=np.float64)
-        self.count = 0
-        self.errors = 0
-        self._clock = time.perf_counter
+    ``latency_window`` (the key an older runtime's latency ring buffer read) is still accepted and
+    checked, and has no other effect: the recorder's latency histogram is bounded whatever it sees."""
+    from tinymlops.observe.policy import TelemetryPolicy
+    from tinymlops.observe.recorder import TelemetryRecorder
 
-    def __call__(self, request: Request, call_next: CallNext) -> Response:
-        t0 = self._clock()
-        try:
-            response = call_next(request)
-        except Exception:
-            self.errors += 1
-            raise
-        self._buf[self.count % self._buf.shape[0]] = self._clock() - t0
-        self.count += 1
-        return response
-
-    def summary(self) -> dict[str, float | int]:
-        n = min(self.count, self._buf.shape[0])
-        out: dict[str, float | int] = {"count": self.count, "errors": self.errors, "window": n}
-        if n:
-            ms = self._buf[:n] * 1e3
-            p50, p95, p99 = np.percentile(ms, [50, 95, 99])
-            out.update(p50_ms=float(p50), p95_ms=float(p95), p99_ms=float(p99), mean_ms=float(ms.mean()))
-        return out
-
-
-def _telemetry_factory(table: Mapping[str, Any]) -> Middleware:
-    """The telemetry policy; today it records latency (``latency_window`` calls kept)."""
-    unknown = set(table) - {"enabled", "latency_window"}
-    if unknown:
-        raise SpecError(f"telemetry policy: this runtime does not implement {', '.join(sorted(unknown))}")
-    capacity = table.get("latency_window", 4096)
-    if isinstance(capacity, bool) or not isinstance(capacity, int):
-        raise SpecError(f"telemetry policy: latency_window must be an integer, got {capacity!r}")
-    return LatencyRecorder(capacity)
+    window = table.get("latency_window", 4096)
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise SpecError(f"telemetry policy: latency_window must be an integer >= 1, got {window!r}")
+    policy = TelemetryPolicy.from_table(table)
+    if context is None:
+        raise UsageError("the telemetry policy needs the bundle's PolicyContext (its bundle id and model)")
+    return TelemetryRecorder(
+        context.bundle_id,
+        model=context.model,
+        policy=policy,
+        meter=context.meter,
+        clock=context.clock,
+        timer=context.timer,
+    )
 
 
 register_middleware("telemetry", _telemetry_factory)
+
+__all__ = [
+    "POSITIONS",
+    "CallNext",
+    "Middleware",
+    "MiddlewareFactory",
+    "PolicyContext",
+    "Request",
+    "Response",
+    "build_chain",
+    "compose",
+    "register_middleware",
+]

@@ -5,27 +5,50 @@ unwraps the content key with the device's private key, decrypts the models **in 
 creates each backend session from bytes — plaintext never touches disk. ``predict`` sends the
 input through the middleware chain the manifest enables, then the pipeline (pre-processing →
 model → post-processing, a cascade may call a second model).
+
+The chain's policies get the bundle's :class:`~tinymlops.edge.middleware.PolicyContext`: its id,
+the model ref its manifest carries, and an energy meter. ``Runtime.open(meter=...)`` takes the
+device's (the agent passes RAPL or its profile's power model, :func:`tinymlops.observe.energy.best_meter`);
+without one (``meter="auto"``) the runtime uses :func:`default_meter`: RAPL where
+``/sys/class/powercap`` is readable, else none — without a device profile there is no power to
+multiply CPU time by, and a window then carries no energy rather than an invented number.
+:attr:`Runtime.telemetry` is the bundle's :class:`~tinymlops.observe.recorder.TelemetryRecorder`
+when its manifest enables the telemetry policy.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from tinymlops.edge.backends import Backend, open_backend
 from tinymlops.edge.middleware import (
     CallNext,
-    LatencyRecorder,
     Middleware,
+    PolicyContext,
     Request,
     Response,
     build_chain,
     compose,
 )
-from tinymlops.errors import InputMismatchError
+from tinymlops.errors import InputMismatchError, OperationError
+
+if TYPE_CHECKING:
+    from tinymlops.observe.energy import EnergyMeter
+    from tinymlops.observe.recorder import TelemetryRecorder
+
+
+def default_meter() -> EnergyMeter | None:
+    """RAPL where it is readable here, else None (see the module doc)."""
+    from tinymlops.observe.energy import RaplMeter
+
+    try:
+        return RaplMeter.open()
+    except OperationError:
+        return None
 
 
 class Runtime:
@@ -55,6 +78,7 @@ class Runtime:
         *,
         threads: int = 1,
         extra_middleware: list[Middleware] | None = None,
+        meter: EnergyMeter | Literal["auto"] | None = "auto",
     ) -> Runtime:
         """Verify, decrypt in memory and load ``bundle`` with the device's key.
 
@@ -62,7 +86,8 @@ class Runtime:
         ``trusted_release_keys`` are the Ed25519 public keys whose signatures this device accepts.
         Each model's session is created once, from the decrypted bytes; no model runs here (the
         smoke test is the installer's: ``run_check(runtime.manifest, runtime.backends["main"])``,
-        the manifest carrying the verified check vector).
+        the manifest carrying the verified check vector). ``meter`` is the energy meter the
+        telemetry policy uses (``"auto"``: :func:`default_meter`; None: no energy).
         """
         from tinymlops.bundle.reader import open_bundle
         from tinymlops.pipeline import build_pipeline
@@ -70,7 +95,10 @@ class Runtime:
 
         opened = open_bundle(bundle, key=device_key, trusted_release_keys=trusted_release_keys)
         manifest = opened.manifest
-        chain = build_chain(manifest.policies or {}, extra_middleware)
+        if meter == "auto":
+            meter = default_meter() if _telemetry_enabled(manifest.policies) else None
+        context = PolicyContext.from_manifest(manifest, meter=meter)
+        chain = build_chain(manifest.policies or {}, extra_middleware, context=context)
         backends = {name: open_backend(data, threads=threads) for name, data in opened.models.items()}
         spec = manifest.pipeline if manifest.pipeline is not None else PipelineSpec()
         if isinstance(spec, Mapping):
@@ -89,9 +117,40 @@ class Runtime:
         return self._handler(Request(x, metadata))
 
     @property
-    def latency(self) -> LatencyRecorder | None:
-        """The latency recorder, when the manifest enables it."""
-        return next((m for m in self.middleware if isinstance(m, LatencyRecorder)), None)
+    def telemetry(self) -> TelemetryRecorder | None:
+        """The bundle's telemetry recorder, when the manifest enables the telemetry policy."""
+        from tinymlops.observe.recorder import TelemetryRecorder
+
+        return next((m for m in self.middleware if isinstance(m, TelemetryRecorder)), None)
+
+    @property
+    def latency(self) -> LatencyView | None:
+        """The latency of the calls in the telemetry recorder's open window (None without telemetry)."""
+        recorder = self.telemetry
+        return None if recorder is None else LatencyView(recorder)
+
+
+class LatencyView:
+    """Percentiles of the calls a :class:`~tinymlops.observe.recorder.TelemetryRecorder` has seen
+    in its open window (read without closing it)."""
+
+    def __init__(self, recorder: TelemetryRecorder) -> None:
+        self.recorder = recorder
+
+    def summary(self) -> dict[str, float | int]:
+        """``count`` (successful calls), ``errors`` (calls that raised), and with a success ``p50_ms``,
+        ``p95_ms``, ``p99_ms``, ``max_ms`` (within the histogram's 1% relative error)."""
+        requests, errors, histogram = self.recorder.snapshot()
+        out: dict[str, float | int] = {"count": requests - errors, "errors": errors}
+        if histogram.count:
+            p50, p95, p99 = histogram.quantiles([0.5, 0.95, 0.99])
+            out.update(p50_ms=p50 * 1e3, p95_ms=p95 * 1e3, p99_ms=p99 * 1e3, max_ms=histogram.max * 1e3)
+        return out
+
+
+def _telemetry_enabled(policies: Mapping[str, Any] | None) -> bool:
+    table = (policies or {}).get("telemetry")
+    return isinstance(table, Mapping) and table.get("enabled") is True
 
 
 def _endpoint(pipeline: Any) -> CallNext:

@@ -220,6 +220,11 @@ class TelemetryRecorder:
     def window_start(self) -> float:
         return self._start
 
+    def snapshot(self) -> tuple[int, int, Any]:
+        """The open window so far, without closing it: (requests, errors, a copy of its latency histogram)."""
+        with self._lock:
+            return self._requests, self._errors, self._latency.copy()
+
     def take_window(self, at: float | None = None, *, privatize_histograms: bool = True) -> TelemetryWindow | None:
         """Close the open window at ``at`` (default: the clock), open the next one there, and return
         the closed one — None when it served nothing. See the module doc for privacy."""

@@ -15,6 +15,14 @@ cannot be reached for the first enrolment is retried with back-off until it answ
 ``--once``); each event (recovery, install results, cycles) is one JSON line on stdout. The device
 keys default to ``D/keys`` and the trusted release keys to ``D/trusted/*.pub``.
 
+Telemetry (``run --server``): the active bundle's telemetry windows wait in
+``D/telemetry/upload.sqlite3`` and are uploaded as the upload policy allows —
+``--telemetry-consent`` (default: no consent, nothing leaves the device), ``--upload-any-network``
+(default: Wi-Fi only), ``--upload-only-charging``, ``--upload-max-bytes-per-day N``; windows close
+every ``--telemetry-interval`` seconds. Energy is measured with RAPL where it is readable, else
+estimated from CPU time × the enrolled profile's active power. On exit the last window goes into
+the store and one more upload is tried.
+
 ``status`` prints the state file as it is and what the directory knows about its control plane
 (no recovery, nothing written, no network).
 
@@ -68,6 +76,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--context-file", type=Path, help="DeviceContext JSON read before every poll")
     run.add_argument("--chunk-bytes", type=int, default=64 * 1024, help="I/O chunk size (download, slot copy)")
     run.add_argument("--allow-no-check-vector", action="store_true", help="accept bundles without a smoke test")
+    consent = run.add_mutually_exclusive_group()
+    consent.add_argument(
+        "--telemetry-consent", dest="telemetry_consent", action="store_true", help="the user agrees to upload telemetry"
+    )
+    consent.add_argument("--no-telemetry-consent", dest="telemetry_consent", action="store_false")
+    run.set_defaults(telemetry_consent=False)
+    run.add_argument("--upload-any-network", action="store_true", help="upload telemetry on cellular too")
+    run.add_argument("--upload-only-charging", action="store_true", help="upload telemetry only while charging")
+    run.add_argument("--upload-max-bytes-per-day", type=int, default=None, help="cap on compressed bytes per 24 h")
+    run.add_argument("--telemetry-interval", type=float, default=60.0, help="seconds between telemetry windows")
     status = sub.add_parser("status", help="print the state file (read-only)")
     status.add_argument("--data-dir", required=True, type=Path)
     return p
@@ -86,7 +104,7 @@ def _trusted_keys(args: argparse.Namespace) -> list[bytes]:
     return [load_public_key(f) for f in files]
 
 
-def _connect(args: argparse.Namespace, stop: threading.Event) -> Any:
+def _connect(args: argparse.Namespace, stop: threading.Event, upload_policy: Any = None) -> Any:
     """Connect to the control plane; without ``--once``, retry an unreachable server with back-off."""
     import random
 
@@ -103,6 +121,7 @@ def _connect(args: argparse.Namespace, stop: threading.Event) -> Any:
                 enrolment_token=args.token,
                 profile=args.profile,
                 keys_dir=args.device_keys,
+                upload_policy=upload_policy,
             )
         except ServerRequestError as exc:
             # unreachable, or the server failed (5xx): wait and retry; a refusal (4xx) is final
@@ -135,8 +154,9 @@ def _run(args: argparse.Namespace) -> int:
 
     reporter: Any = emit_result
     health_reporter: Any = None
+    telemetry: dict[str, Any] = {}
     if args.server is not None:
-        connection = _connect(args, stop)
+        connection = _connect(args, stop, _upload_policy(args))
         if connection is None:
             return 0
         keys = connection.keys
@@ -148,6 +168,12 @@ def _run(args: argparse.Namespace) -> int:
             connection.reporter(result)
 
         health_reporter = connection.health_reporter
+        if connection.telemetry is not None:
+            telemetry = {
+                "telemetry_store": connection.telemetry.store,
+                "telemetry_uploader": connection.telemetry,
+                "energy_meter": _meter(connection.enrolment.profile_name),
+            }
 
         _emit({"event": "connected", "server": connection.server_url, "device_id": connection.device_id})
     else:
@@ -164,6 +190,7 @@ def _run(args: argparse.Namespace) -> int:
         health_threshold=args.health_threshold,
         require_check_vector=not args.allow_no_check_vector,
         copy_chunk_bytes=args.chunk_bytes,
+        telemetry_interval=args.telemetry_interval,
     )
     agent = Agent(
         args.data_dir,
@@ -174,6 +201,7 @@ def _run(args: argparse.Namespace) -> int:
         context=FileContext(args.context_file) if args.context_file else None,
         reporter=reporter,
         health_reporter=health_reporter,
+        **telemetry,
     )
     with agent:
         _emit(agent.start().to_dict())
@@ -184,7 +212,34 @@ def _run(args: argparse.Namespace) -> int:
         agent.run_forever(stop)
         if health_reporter is not None:
             agent.flush_health()  # the last window goes out (or to the on-disk queue) before exit
+        if telemetry:
+            outcome = agent.flush_telemetry()  # the last window goes into the store, and out if allowed
+            if outcome is not None:
+                _emit(outcome.to_dict())
     return 0
+
+
+def _upload_policy(args: argparse.Namespace) -> Any:
+    from tinymlops.observe.upload_policy import UploadPolicy
+
+    return UploadPolicy(
+        consent=args.telemetry_consent,
+        wifi_only=not args.upload_any_network,
+        only_charging=args.upload_only_charging,
+        max_bytes_per_day=args.upload_max_bytes_per_day,
+    )
+
+
+def _meter(profile_name: str) -> Any:
+    """RAPL where readable, else CPU time × the enrolled profile's active power (None: neither)."""
+    from tinymlops.edge.runtime import default_meter
+    from tinymlops.observe.energy import best_meter
+    from tinymlops.targets.catalog import builtin_profiles
+
+    profile = builtin_profiles().get(profile_name)
+    if profile is None or profile.active_power_w is None:
+        return default_meter()
+    return best_meter(profile)
 
 
 def _status(args: argparse.Namespace) -> int:

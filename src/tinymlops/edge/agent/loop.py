@@ -38,6 +38,17 @@ once the reporter took it, so nothing is counted twice. Windows not yet handed t
 in memory only: call :meth:`Agent.flush_health` before :meth:`Agent.close` to keep them. No network
 I/O ever happens on the prediction path. ``health_reporter=None`` turns reporting (and recording) off.
 
+Telemetry: when the active bundle's manifest enables the telemetry policy, its runtime carries a
+:class:`~tinymlops.observe.recorder.TelemetryRecorder` (given the agent's ``energy_meter``, if
+any). With a ``telemetry_store`` (:class:`~tinymlops.observe.upload_store.UploadStore`), at most once
+per ``AgentConfig.telemetry_interval`` seconds — offline too — and at once when the active bundle
+changes (the retiring bundle's window closes at the switch, as for health reports), the recorder's
+window is closed **exact** (``privatize_histograms=False``: the store merges, and privatizes at
+upload) and put in the store; then, when the device is online, the ``telemetry_uploader`` (a
+:class:`~tinymlops.edge.agent.remote.TelemetryUploader`) is called with the device's context and
+decides by its upload policy what to send (:meth:`Agent.flush_telemetry`). The store never raises
+into the agent, and the recorder never into a prediction.
+
 Clock, timer, RNG, wait, context provider and reporter are injectable, so tests are deterministic.
 """
 
@@ -54,7 +65,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -74,6 +85,11 @@ from tinymlops.errors import OperationError, SlotTransitionError, TinyMLOpsError
 from tinymlops.spec.context import DeviceContext
 from tinymlops.spec.health_report import HealthReport
 
+if TYPE_CHECKING:
+    from tinymlops.observe.energy import EnergyMeter
+    from tinymlops.observe.recorder import TelemetryRecorder
+    from tinymlops.observe.upload_store import UploadStore
+
 log = logging.getLogger("tinymlops.edge.agent")
 
 #: how many refused offers (by file SHA-256) the agent remembers in memory
@@ -86,6 +102,8 @@ Reporter = Callable[[InstallResult], None]
 #: takes one health report durably (sent, or queued to be sent); raising means it did not take it
 HealthSink = Callable[[HealthReport], None]
 ContextProvider = Callable[[], DeviceContext]
+#: sends what the upload store holds, as the upload policy allows with this context
+TelemetryUploaderFn = Callable[[DeviceContext], Any]
 Wait = Callable[[threading.Event, float], bool]
 
 
@@ -94,7 +112,9 @@ class AgentConfig:
     """``poll_interval`` seconds between healthy polls (jittered by ``poll_jitter``); back-off
     ``backoff_base`` doubling (``backoff_factor``) up to ``backoff_cap`` with ``backoff_jitter``;
     ``health_threshold`` consecutive failed predictions roll back; health reports go out at most
-    every ``health_interval`` seconds (0: every cycle), and at once after the active bundle changed."""
+    every ``health_interval`` seconds (0: every cycle), and at once after the active bundle changed;
+    telemetry windows close (and uploads are tried) at most every ``telemetry_interval`` seconds
+    (0: every cycle), and at once after the active bundle changed."""
 
     poll_interval: float = 60.0
     poll_jitter: float = 0.1
@@ -108,6 +128,7 @@ class AgentConfig:
     threads: int = 1
     copy_chunk_bytes: int = 64 * 1024
     health_interval: float = 30.0
+    telemetry_interval: float = 60.0
 
     def __post_init__(self) -> None:
         if not (isinstance(self.poll_interval, int | float) and self.poll_interval > 0):
@@ -124,6 +145,14 @@ class AgentConfig:
             or not 0 <= self.health_interval < math.inf
         ):
             raise UsageError(f"health_interval must be a finite number of seconds >= 0, got {self.health_interval!r}")
+        if (
+            isinstance(self.telemetry_interval, bool)
+            or not isinstance(self.telemetry_interval, int | float)
+            or not 0 <= self.telemetry_interval < math.inf
+        ):
+            raise UsageError(
+                f"telemetry_interval must be a finite number of seconds >= 0, got {self.telemetry_interval!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -177,8 +206,20 @@ class Agent:
         timer: Callable[[], float] = time.perf_counter,
         wait: Wait = _default_wait,
         extra_middleware: Callable[[], list[Middleware]] | None = None,
+        telemetry_store: UploadStore | None = None,
+        telemetry_uploader: TelemetryUploaderFn | None = None,
+        energy_meter: EnergyMeter | None = None,
     ) -> None:
         self.config = config or AgentConfig()
+        self.telemetry_store = telemetry_store
+        self.telemetry_uploader = telemetry_uploader
+        self.energy_meter = energy_meter
+        self._recorder: TelemetryRecorder | None = None
+        self._retired_recorders: list[tuple[TelemetryRecorder, float]] = []
+        self._telemetry_lock = threading.Lock()
+        self._telemetry_at: float | None = None
+        self._telemetry_now = False
+        self.telemetry_outcome: Any = None
         self.source = source
         self.store = SlotStore(data_dir, copy_chunk=self.config.copy_chunk_bytes)
         self._extra_middleware = extra_middleware
@@ -301,10 +342,88 @@ class Agent:
             if watch is not None and self.health_reporter is not None:
                 bundle_id = runtime.manifest.bundle_id
                 watch.stats = ServingStats(bundle_id, clock=self.clock, timer=self.timer)
+        recorder = None if runtime is None else runtime.telemetry
+        if recorder is not None and self.energy_meter is not None:
+            recorder.meter = self.energy_meter  # before it serves: the device's meter, not the default
+        old_recorder = self._recorder
         self._runtime = runtime
         self._watch = watch
+        self._recorder = recorder
         if old is not None and old.stats is not None:
             self._retire(old.stats)
+        if old_recorder is not None and old_recorder is not recorder:
+            self._retire_recorder(old_recorder)
+
+    # --- telemetry ----------------------------------------------------------------------------
+    @property
+    def telemetry(self) -> TelemetryRecorder | None:
+        """The active bundle's telemetry recorder (None when its manifest does not enable telemetry)."""
+        return self._recorder
+
+    def _retire_recorder(self, recorder: TelemetryRecorder) -> None:
+        """The bundle of ``recorder`` is no longer active: its window closes now, into the store."""
+        at = self.clock()
+        with self._telemetry_lock:
+            self._store_window(recorder, at)
+            self._retired_recorders.append((recorder, at))
+            del self._retired_recorders[:-MAX_RETIRED_STATS]
+            self._telemetry_now = True
+
+    def _store_window(self, recorder: TelemetryRecorder, at: float | None = None) -> None:
+        store = self.telemetry_store
+        if store is None:
+            return
+        try:
+            window = recorder.take_window(at, privatize_histograms=False)
+            if window is not None:
+                store.add(window, recorder.policy.privacy)
+        except Exception:  # telemetry never stops the agent
+            log.exception("storing a telemetry window of bundle %s failed", recorder.bundle_id)
+
+    def flush_telemetry(self, context: DeviceContext | None = None, *, upload: bool = True) -> Any:
+        """Close the active bundle's telemetry window into the store (and the stragglers of replaced
+        bundles, stamped at their switch), then — with ``upload`` and an uploader, unless the device
+        is offline — upload as the policy allows with ``context`` (default: the provider's).
+        Returns the uploader's outcome (None when nothing was tried)."""
+        if self.telemetry_store is None:
+            return None
+        with self._telemetry_lock:
+            recorder = self._recorder
+            if recorder is not None:
+                self._store_window(recorder)
+            for old, at in self._retired_recorders:  # calls that were in flight at the switch
+                self._store_window(old, at)
+        uploader = self.telemetry_uploader
+        if not upload or uploader is None:
+            return None
+        if context is None:
+            try:
+                context = self.context()
+            except Exception:  # without a context the policy cannot say yes: wait for the next cycle
+                return None
+        if context.network == "offline":
+            return None
+        try:
+            outcome = uploader(context)
+        except Exception:  # uploading must never stop updates
+            log.exception("uploading telemetry failed")
+            return None
+        self.telemetry_outcome = outcome
+        return outcome
+
+    def _telemetry_tick(self, context: DeviceContext) -> None:
+        if self.telemetry_store is None:
+            return
+        now = self.timer()
+        due = self._telemetry_at is None or now - self._telemetry_at >= self.config.telemetry_interval
+        if not (due or self._telemetry_now):
+            return
+        self._telemetry_at = now
+        self._telemetry_now = False
+        try:
+            self.flush_telemetry(context)
+        except Exception:
+            log.exception("telemetry failed")
 
     # --- health reports ----------------------------------------------------------------------
     def _retire(self, stats: ServingStats) -> None:
@@ -482,11 +601,13 @@ class Agent:
         except Exception as exc:
             return self._error("device context", exc)
         if context.network == "offline":
+            self._telemetry_tick(context)  # windows still close into the store; nothing is sent
             return Cycle("offline", self.backoff.poll_delay(self.config.poll_interval))
         try:
             return self._poll(context)
         finally:
             self._health_tick(context)
+            self._telemetry_tick(context)
 
     def _poll(self, context: DeviceContext) -> Cycle:
         try:
@@ -576,4 +697,4 @@ def _reportable(context: DeviceContext | None) -> DeviceContext | None:
     return dataclasses.replace(context, bandwidth_kbps=None)
 
 
-__all__ = ["Agent", "AgentConfig", "ContextProvider", "Cycle", "HealthSink", "Reporter"]
+__all__ = ["Agent", "AgentConfig", "ContextProvider", "Cycle", "HealthSink", "Reporter", "TelemetryUploaderFn"]

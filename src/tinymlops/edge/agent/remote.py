@@ -35,6 +35,23 @@ report the server cannot take now (unreachable, 5xx, 401 from a skewed clock) st
 sent again before the next check; one it refuses for good (400, 413, 422) is dropped; a failed
 report never stops the agent.
 
+Telemetry travels apart, through a :class:`TelemetryUploader` over the device's
+:class:`~tinymlops.observe.upload_store.UploadStore` (``<data_dir>/telemetry/upload.sqlite3``): the
+agent puts each closed telemetry window in the store, and at each cycle the uploader asks the
+:class:`~tinymlops.observe.upload_policy.UploadPolicy` (consent, Wi-Fi only, charging, bytes per
+day) with the device's context and, when it allows, POSTs sealed batches to
+``/v1/devices/me/telemetry`` (the gzip body exactly as sealed, its signature header, the request
+signed like every other). The server's answer decides what happens to the batch:
+
+* 2xx, or ``409`` whose body is ``{"error": {"type": "DuplicateBatchError", "digest": "<this
+  batch's digest>", …}}`` (the server already has it: a retry after a lost response) —
+  **delivered**, its windows leave the store;
+* any other 4xx (a malformed or oversized batch, a ``WindowOverlapError`` 409, …) — **refused for
+  good**: resending the same bytes would be refused forever, so the batch is dropped and its windows
+  are counted as dropped in the next batch's store status — except 401 (a skewed clock), 404/405
+  (a server without the endpoint yet), 408 and 429, which are retried;
+* 5xx, or no answer — kept; the same bytes go again at the next cycle.
+
 Edge closure: the standard library, ``cryptography``, python-tuf's client and the device halves of
 :mod:`tinymlops.devices` — no server, database or training stack.
 """
@@ -66,6 +83,9 @@ from tinymlops.errors import (
     TinyMLOpsError,
     UsageError,
 )
+from tinymlops.observe.upload_policy import UploadPolicy, decide
+from tinymlops.observe.upload_store import UploadStore
+from tinymlops.spec.context import DeviceContext
 from tinymlops.spec.health_report import HealthReport
 from tinymlops.spec.install_report import InstallReport
 
@@ -79,6 +99,13 @@ HEALTH_REPORTS_DIR = "reports/health"
 BOOTSTRAP_PATH = "/v1/devices/me/bootstrap"
 INSTALLS_PATH = "/v1/devices/me/installs"
 HEALTH_PATH = "/v1/devices/me/health"
+TELEMETRY_PATH = "/v1/devices/me/telemetry"
+#: the upload store, under the data directory
+TELEMETRY_STORE = "telemetry/upload.sqlite3"
+#: batches one upload sends at most (the rest wait for the next cycle)
+MAX_BATCHES_PER_UPLOAD = 8
+#: 4xx statuses that say nothing about the batch: retried, never a refusal
+RETRY_STATUSES = (401, 404, 405, 408, 429)
 #: reports of each kind kept while the server is unreachable (the oldest are dropped beyond this)
 MAX_PENDING_REPORTS = 200
 #: statuses after which the server will never take a report: drop it rather than retry forever
@@ -211,6 +238,119 @@ class HealthReporter(_ReportQueue):
         return self._enqueue(report.to_dict())
 
 
+@dataclass(frozen=True)
+class UploadOutcome:
+    """What one :meth:`TelemetryUploader.upload` did: batches ``sent`` (``duplicates`` of them the
+    server already had) carrying ``windows`` windows, batches ``refused`` for good, and why it
+    stopped early (``deferred``: the upload policy's reason; ``error``: the server or network)."""
+
+    sent: int = 0
+    windows: int = 0
+    duplicates: int = 0
+    refused: int = 0
+    deferred: str | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"event": "telemetry", **{k: getattr(self, k) for k in self.__dataclass_fields__}}
+
+
+def _is_duplicate(body: bytes, digest: str) -> bool:
+    """The server's answer to a digest it already has (the exact contract in the module doc)."""
+    try:
+        doc = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return False
+    error = doc.get("error") if isinstance(doc, dict) else None
+    return isinstance(error, dict) and error.get("type") == "DuplicateBatchError" and error.get("digest") == digest
+
+
+def _error_text(body: bytes) -> str:
+    try:
+        doc = json.loads(body.decode("utf-8"))
+        error = doc.get("error") if isinstance(doc, dict) else None
+        if isinstance(error, dict):
+            return f"{error.get('type', '')}: {error.get('message', '')}"[:300]
+    except (UnicodeDecodeError, ValueError):
+        pass
+    return body[:200].decode("utf-8", "replace")
+
+
+class TelemetryUploader:
+    """Sends the upload store's batches to the server when the upload policy allows (module doc).
+
+    Call it (or :meth:`upload`) with the device's context once per agent cycle. It never raises
+    for the server's or the network's faults."""
+
+    def __init__(
+        self,
+        client: DeviceClient,
+        store: UploadStore,
+        policy: UploadPolicy | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_batches: int = MAX_BATCHES_PER_UPLOAD,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.policy = policy or UploadPolicy()
+        self.clock = clock
+        self.max_batches = max_batches
+        self.last: UploadOutcome | None = None
+
+    def __call__(self, context: DeviceContext) -> UploadOutcome:
+        return self.upload(context)
+
+    def upload(self, context: DeviceContext) -> UploadOutcome:
+        sent = windows = duplicates = refused = 0
+        deferred = error = None
+        for _ in range(self.max_batches):
+            now = self.clock()
+            decision = decide(self.policy, context, self.store.sent_log(), now)
+            if not decision.allowed:
+                deferred = decision.reason
+                break
+            batch = self.store.next_batch(limit_bytes=decision.allowance)
+            if batch is None:
+                break
+            size = len(batch.body)
+            decision = decide(self.policy, context, self.store.sent_log(), now, batch_bytes=size)
+            if not decision.allowed:
+                cap = self.policy.max_bytes_per_day
+                if cap is not None and size > cap:  # would never go: drop it rather than stall the store
+                    self.store.refuse(batch.digest, f"{size} bytes is more than the {cap} a day allows")
+                    refused += 1
+                    continue
+                deferred = decision.reason
+                break
+            try:
+                response = self.client.request(
+                    "POST", TELEMETRY_PATH, body=batch.body, headers=batch.headers(), check=False
+                )
+            except (TinyMLOpsError, OSError) as exc:  # unreachable: the same bytes go next time
+                self.store.record_sent(size, now)
+                error = f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}"
+                break
+            self.store.record_sent(size, now)
+            status = response.status
+            if 200 <= status < 300 or (status == 409 and _is_duplicate(response.body, batch.digest)):
+                self.store.acknowledge(batch.digest)
+                sent += 1
+                windows += batch.windows
+                duplicates += status == 409
+            elif 400 <= status < 500 and status not in RETRY_STATUSES:
+                self.store.refuse(batch.digest, f"{status} {_error_text(response.body)}")
+                refused += 1
+            else:
+                error = f"the server answered {status} {_error_text(response.body)}".strip()
+                break
+        if error:
+            log.info("telemetry not sent (will retry): %s", error)
+        outcome = UploadOutcome(sent, windows, duplicates, refused, deferred, error)
+        self.last = outcome
+        return outcome
+
+
 class RemoteSource:
     """The agent's update source over the server's TUF repository; sends queued install (and
     health) reports before each check (a report failure never fails the check)."""
@@ -255,6 +395,7 @@ class Connection:
     source: RemoteSource
     reporter: InstallReporter
     health_reporter: HealthReporter | None = None
+    telemetry: TelemetryUploader | None = None
 
     @property
     def device_id(self) -> str:
@@ -264,12 +405,17 @@ class Connection:
         """An :class:`~tinymlops.edge.agent.loop.Agent` over this connection (``kwargs``: config, context, …).
 
         Install results go to ``reporter=`` (if given) and then to the server; health reports go to
-        the server, or to ``health_reporter=`` instead when given (``None`` turns them off)."""
+        the server, or to ``health_reporter=`` instead when given (``None`` turns them off);
+        telemetry windows go to this connection's upload store and uploader (``telemetry_store=None``
+        turns them off)."""
         from tinymlops.edge.agent.loop import Agent
 
         reporter = kwargs.pop("reporter", None)
         report = self.reporter if reporter is None else _both(reporter, self.reporter)
         kwargs.setdefault("health_reporter", self.health_reporter)
+        if self.telemetry is not None:
+            kwargs.setdefault("telemetry_store", self.telemetry.store)
+            kwargs.setdefault("telemetry_uploader", self.telemetry)
         return Agent(self.data_dir, self.source, self.keys, self.trusted_keys, reporter=report, **kwargs)
 
 
@@ -350,8 +496,13 @@ def connect(
     repository_path: str = "/v1/tuf",
     timeout_s: float = 10.0,
     clock: Callable[[], float] = time.time,
+    upload_policy: UploadPolicy | None = None,
+    telemetry_store: UploadStore | None = None,
 ) -> Connection:
-    """Enrol (once), bootstrap trust (once) and return the :class:`Connection` (module docstring)."""
+    """Enrol (once), bootstrap trust (once) and return the :class:`Connection` (module docstring).
+
+    ``upload_policy`` governs telemetry uploads (default: no consent — windows wait on the device);
+    ``telemetry_store`` replaces the default store (``<data_dir>/telemetry/upload.sqlite3``)."""
     data_dir = Path(data_dir)
     client_keys = load_or_create_keys(Path(keys_dir) if keys_dir is not None else data_dir / KEYS_DIR)
     client = DeviceClient(server_url, client_keys, timeout_s=timeout_s, clock=clock)
@@ -389,8 +540,10 @@ def connect(
     reporter = InstallReporter(client, data_dir / REPORTS_DIR)
     health = HealthReporter(client, data_dir / HEALTH_REPORTS_DIR)
     source = RemoteSource(TufUpdateSource(updates, client_keys.device_id, state.tags), reporter, health)
+    store = telemetry_store or UploadStore(data_dir / TELEMETRY_STORE, client_keys.signing, clock=clock)
+    telemetry = TelemetryUploader(client, store, upload_policy, clock=clock)
     return Connection(
-        client.server_url, data_dir, client_keys, state, trusted, client, updates, source, reporter, health
+        client.server_url, data_dir, client_keys, state, trusted, client, updates, source, reporter, health, telemetry
     )
 
 
@@ -411,10 +564,14 @@ __all__ = [
     "BOOTSTRAP_PATH",
     "HEALTH_PATH",
     "INSTALLS_PATH",
+    "TELEMETRY_PATH",
+    "TELEMETRY_STORE",
     "Connection",
     "HealthReporter",
     "InstallReporter",
     "RemoteSource",
+    "TelemetryUploader",
+    "UploadOutcome",
     "connect",
     "describe",
     "signed_headers",
