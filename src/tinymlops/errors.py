@@ -193,6 +193,22 @@ class RolloutTransitionError(ConflictError):
     halted rollout, resuming one that is rolled back, …). ``action`` and ``status`` name both (HTTP 409)."""
 
 
+class DuplicateBatchError(ConflictError):
+    """A telemetry batch with this digest was already accepted from this device: it was merged once
+    and is not merged again (HTTP 409). ``digest`` names it; the device treats the batch as delivered."""
+
+    def __init__(self, message: str, *, digest: str) -> None:
+        super().__init__(message, digest=digest)
+        self.digest = digest
+
+
+class WindowOverlapError(ConflictError):
+    """A telemetry window overlaps one already stored for the same device and bundle (a replayed
+    window, or a device clock set back): the whole batch is refused, nothing of it is stored (HTTP
+    409). The details name the window (``window``, its ``bundle_id``, ``window_start``/``window_end``)
+    and the stored one (``stored_start``/``stored_end``, ``stored_batch_id``)."""
+
+
 # --- well-formed requests that failed -----------------------------------------------------
 class OperationError(TinyMLOpsError):
     """A well-formed operation that could not be completed."""
@@ -256,6 +272,7 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "ConversionMismatchError",
+    "DuplicateBatchError",
     "IncompatibleError",
     "InputMismatchError",
     "IntegrityError",
@@ -290,5 +307,6 @@ __all__ = [
     "UpdateRefusedError",
     "UpdateSourceError",
     "UsageError",
+    "WindowOverlapError",
     "WorkspaceError",
 ]

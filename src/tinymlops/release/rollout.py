@@ -40,7 +40,7 @@ TERMINAL = frozenset({"rolled_back"})
 AUTO = "auto"
 VERDICTS = ("pass", "fail", "wait")
 
-_GATES = frozenset({"min_reports", "min_soak_s", "min_predictions"})
+_GATES = frozenset({"min_reports", "min_soak_s", "min_predictions", "min_class_samples"})
 _POSITION_DOMAIN = b"tinymlops/rollout-cohort/v1\x00"
 
 
@@ -83,6 +83,77 @@ def _check_stage_index(plan: RolloutPlan, stage: int) -> None:
 
 
 # --- health --------------------------------------------------------------------------------
+def _opt_number(where: str, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise UsageError(f"{where} must be None or a finite number >= 0, got {value!r:.40}")
+
+
+_CLASS_COUNTS = ("devices", "new_latency_samples", "base_latency_samples", "new_energy_samples", "base_energy_samples")
+_CLASS_VALUES = ("new_p50_ms", "base_p50_ms", "new_p95_ms", "base_p95_ms", "new_energy_j", "base_energy_j")
+
+
+@dataclass(frozen=True)
+class ClassComparison:
+    """One device class (profile) of a release, from telemetry: the new bundle against the same
+    devices' previous bundle. Only devices with telemetry on both bundles count for a metric (the
+    ``*_samples``: successful calls in the latency histograms, measured inferences for energy, whose
+    ``energy_method`` is one method for both sides); ``*_baseline`` says whether any device of the
+    class has telemetry from its previous bundle at all. The caller aggregates
+    (:mod:`tinymlops.observe.performance`)."""
+
+    profile: str
+    devices: int = 0
+    latency_baseline: bool = False
+    new_latency_samples: int = 0
+    base_latency_samples: int = 0
+    new_p50_ms: float | None = None
+    base_p50_ms: float | None = None
+    new_p95_ms: float | None = None
+    base_p95_ms: float | None = None
+    energy_baseline: bool = False
+    energy_method: str | None = None
+    new_energy_samples: int = 0
+    base_energy_samples: int = 0
+    new_energy_j: float | None = None
+    base_energy_j: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.profile, str):
+            raise UsageError(f"class comparison: profile must be a string, got {self.profile!r:.40}")
+        for name in _CLASS_COUNTS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise UsageError(f"class comparison: '{name}' must be a non-negative integer, got {value!r:.40}")
+        for name in _CLASS_VALUES:
+            _opt_number(f"class comparison: '{name}'", getattr(self, name))
+
+    @staticmethod
+    def _ratio(new: float | None, base: float | None) -> float | None:
+        return None if new is None or not base else new / base
+
+    @property
+    def p50_ratio(self) -> float | None:
+        return self._ratio(self.new_p50_ms, self.base_p50_ms)
+
+    @property
+    def p95_ratio(self) -> float | None:
+        return self._ratio(self.new_p95_ms, self.base_p95_ms)
+
+    @property
+    def energy_ratio(self) -> float | None:
+        return self._ratio(self.new_energy_j, self.base_energy_j)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **{k: getattr(self, k) for k in self.__dataclass_fields__},
+            "p50_ratio": self.p50_ratio,
+            "p95_ratio": self.p95_ratio,
+            "energy_ratio": self.energy_ratio,
+        }
+
+
 @dataclass(frozen=True)
 class HealthSnapshot:
     """What the devices of one stage reported since the stage started (the caller aggregates).
@@ -90,7 +161,8 @@ class HealthSnapshot:
     ``installs_ok``/``installs_failed`` count install reports; ``smoke_failures`` counts installs
     whose smoke test failed (a subset of the reports); ``prediction_errors`` of ``predictions``
     failed; ``latency_p50_ms`` is the stage's median latency and ``baseline_p50_ms`` the previous
-    release's on the same devices (``None`` when unknown, e.g. a first release).
+    release's on the same devices (``None`` when unknown, e.g. a first release). ``classes`` are the
+    per-device-class telemetry comparisons the telemetry gates judge (empty when no gate is set).
     """
 
     stage: int
@@ -101,8 +173,12 @@ class HealthSnapshot:
     prediction_errors: int = 0
     latency_p50_ms: float | None = None
     baseline_p50_ms: float | None = None
+    classes: tuple[ClassComparison, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "classes", tuple(self.classes))
+        if not all(isinstance(c, ClassComparison) for c in self.classes):
+            raise UsageError("health snapshot: 'classes' must hold ClassComparison objects")
         for name in ("stage", "installs_ok", "installs_failed", "smoke_failures", "predictions", "prediction_errors"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -181,7 +257,8 @@ def judge(criteria: HealthCriteria, snapshot: HealthSnapshot, elapsed_s: float) 
     * ``pass`` when ``min_reports`` arrived, ``min_soak_s`` elapsed, at least ``min_predictions``
       predictions were reported (checked only when it is above 0) and no measured criterion is
       violated (a criterion with no data — no predictions yet, no baseline latency — does not
-      block and is named in the checks);
+      block and is named in the checks) and no telemetry gate holds (a device class with fewer than
+      ``min_class_samples`` telemetry samples on either bundle holds, like ``min_predictions``);
     * otherwise ``wait``.
     """
     if not isinstance(criteria, HealthCriteria) or not isinstance(snapshot, HealthSnapshot):
@@ -228,6 +305,7 @@ def judge(criteria: HealthCriteria, snapshot: HealthSnapshot, elapsed_s: float) 
                 what="p50 latency / previous release",
             )
         )
+    checks.extend(_class_checks(criteria, snapshot.classes))
     enough = reports >= criteria.min_reports
     soaked = elapsed >= criteria.min_soak_s
     checks.append(
@@ -260,15 +338,60 @@ def judge(criteria: HealthCriteria, snapshot: HealthSnapshot, elapsed_s: float) 
                 f"predictions {snapshot.predictions} {'>=' if used else '<'} {criteria.min_predictions}",
             )
         )
-    violated = [c for c in checks[:4] if c.ok is False]
+    violated = [c for c in checks if c.ok is False and c.criterion not in _GATES]
+    holding = [c.detail for c in checks if c.ok is False and c.criterion in _GATES]
     if enough and violated:
         return Verdict("fail", "; ".join(c.detail for c in violated), tuple(checks))
-    if enough and soaked and used:
+    if not holding:
         return Verdict("pass", "healthy: " + "; ".join(c.detail for c in checks), tuple(checks))
-    waiting = [c.detail for c in checks[4:] if c.ok is False]
+    waiting = holding
     if violated:
         waiting.append("violated but too few reports to judge: " + "; ".join(c.detail for c in violated))
     return Verdict("wait", "waiting: " + "; ".join(waiting), tuple(checks))
+
+
+#: the telemetry gates: (criterion, what is compared, which samples)
+_CLASS_GATES = (
+    ("max_p95_latency_ratio", "p95 latency / previous bundle", "latency"),
+    ("max_energy_ratio", "energy per inference / previous bundle", "energy"),
+)
+
+
+def _class_checks(criteria: HealthCriteria, classes: tuple[ClassComparison, ...]) -> list[CriterionCheck]:
+    """The telemetry gates, per device class: a ratio check where both bundles have enough samples,
+    a ``min_class_samples`` hold where they do not, nothing judged without a baseline."""
+    out: list[CriterionCheck] = []
+    need = criteria.min_class_samples
+    for criterion, what, kind in _CLASS_GATES:
+        threshold: float | None = getattr(criteria, criterion)
+        if threshold is None:
+            continue
+        if not classes:
+            out.append(CriterionCheck(criterion, None, threshold, None, f"{what}: no device with a previous bundle"))
+            continue
+        for c in sorted(classes, key=lambda c: c.profile):
+            if kind == "latency":
+                baseline, ratio = c.latency_baseline, c.p95_ratio
+                new_n, base_n = c.new_latency_samples, c.base_latency_samples
+            else:
+                baseline, ratio = c.energy_baseline, c.energy_ratio
+                new_n, base_n = c.new_energy_samples, c.base_energy_samples
+            label = f"{what} on {c.profile}"
+            if not baseline:
+                detail = f"{label}: no telemetry from the previous bundle"
+                out.append(CriterionCheck(criterion, None, threshold, None, detail))
+            elif new_n < need or base_n < need:
+                detail = (
+                    f"{kind} samples on {c.profile}: {new_n} new, {base_n} previous, {need} needed on each "
+                    "(from the devices with telemetry on both bundles)"
+                )
+                out.append(CriterionCheck("min_class_samples", float(min(new_n, base_n)), float(need), False, detail))
+            elif ratio is None:
+                out.append(CriterionCheck(criterion, None, threshold, None, f"{label}: the previous bundle measured 0"))
+            else:
+                method = f" ({c.energy_method})" if kind == "energy" and c.energy_method else ""
+                out.append(_rate_check(criterion, ratio, threshold, at_least=False, what=label + method))
+    return out
 
 
 # --- state and transitions -----------------------------------------------------------------
@@ -581,6 +704,7 @@ def evaluate(state: RolloutState, snapshot: HealthSnapshot, now: float) -> Evalu
 __all__ = [
     "AUTO",
     "STATUSES",
+    "ClassComparison",
     "CriterionCheck",
     "Evaluation",
     "HealthSnapshot",

@@ -9,12 +9,14 @@ once and its rollout is recorded as ``completed`` (so it can still be rolled bac
 **Automatic progress** — :meth:`Rollouts.advance` judges every running rollout against what the
 devices of the stages reached so far reported (:meth:`Rollouts.snapshot`): install results and
 smoke tests from install reports, prediction errors and latency from health reports, the latency
-of the bundle each device ran before as the baseline. ``pass`` publishes the next stage's devices
-(or completes), ``fail`` halts and — with ``on_failure = "rollback"`` — withdraws the release:
-each device is offered its previous bundle again through the repository
-(:func:`tinymlops.release.offers.withdraw`). A rolling-back rollout becomes ``rolled_back`` once
-every device it reached reports running something else (or never installed it). There is no
-background task: the server calls :meth:`advance` after every install or health report and,
+of the bundle each device ran before as the baseline, and — when a stage sets a telemetry gate —
+per device class the p95 latency and energy per inference from telemetry windows against the same
+devices' previous bundle (:func:`tinymlops.observe.performance.compare_members`). ``pass``
+publishes the next stage's devices (or completes), ``fail`` halts and — with
+``on_failure = "rollback"`` — withdraws the release: each device is offered its previous bundle
+again through the repository (:func:`tinymlops.release.offers.withdraw`). A rolling-back rollout
+becomes ``rolled_back`` once every device it reached reports running something else (or never
+installed it). There is no background task: the server calls :meth:`advance` after every install or health report and,
 throttled, when devices poll; so a server restarted mid-rollout simply carries on from the
 database on the first request after it starts.
 
@@ -42,9 +44,11 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select, update
 
 from tinymlops.errors import ConflictError, NotFoundError, UsageError
+from tinymlops.observe.performance import compare_members, members_of
 from tinymlops.release import offers
 from tinymlops.release.rollout import (
     AUTO,
+    ClassComparison,
     HealthSnapshot,
     RolloutState,
     Step,
@@ -170,6 +174,7 @@ def _snapshot_dict(s: HealthSnapshot) -> dict[str, Any]:
         "prediction_errors": s.prediction_errors,
         "latency_p50_ms": s.latency_p50_ms,
         "baseline_p50_ms": s.baseline_p50_ms,
+        "classes": [c.to_dict() for c in s.classes],
     }
 
 
@@ -281,6 +286,10 @@ class Rollouts:
         base_stats = health.bundle_stats(
             [(r.device_id, r.prev_bundle_id) for r in reached if r.prev_bundle_id], session=session
         )
+        # the telemetry gates' per-class comparison, read only when the stage has one
+        classes: tuple[ClassComparison, ...] = ()
+        if state.plan.stages[state.stage].health.telemetry_gated:
+            classes = compare_members(session, members_of(reached))
         return HealthSnapshot(
             stage=state.stage,
             installs_ok=ok,
@@ -290,6 +299,7 @@ class Rollouts:
             prediction_errors=now_stats.errors,
             latency_p50_ms=now_stats.p50_ms,
             baseline_p50_ms=base_stats.p50_ms,
+            classes=classes,
         )
 
     def _publish_stage(self, session: Any, edit: Any, state: RolloutState, rows: list[ReleaseAssignmentRow]) -> int:

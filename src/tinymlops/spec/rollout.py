@@ -13,7 +13,12 @@ The document (written by an operator, stored with the release; unknown fields ar
                     "max_latency_ratio": 1.5,           # p50 latency / previous release's p50
                     "min_reports": 5,                   # install reports needed before judging
                     "min_predictions": 500,             # predictions reported before it may pass
-                    "min_soak_s": 600}},                # seconds in the stage before it may pass
+                    "min_soak_s": 600,                  # seconds in the stage before it may pass
+                    # telemetry gates, judged per device class (profile) on the stage's devices,
+                    # new bundle vs the same devices' previous bundle; absent (or null) = off
+                    "max_p95_latency_ratio": 1.3,       # p95 latency (merged telemetry histograms)
+                    "max_energy_ratio": 1.2,            # energy per inference (one method per class)
+                    "min_class_samples": 100}},         # samples per class and side before judging
         {"name": "wide", "fraction": 0.25},
         {"name": "all", "fraction": 1.0}
       ]
@@ -21,6 +26,13 @@ The document (written by an operator, stored with the release; unknown fields ar
 
 Fractions are strictly increasing and the last one is 1.0; a stage without ``health`` gets the
 defaults below. The state machine that runs a plan is :mod:`tinymlops.release.rollout`.
+
+The telemetry gates (``max_p95_latency_ratio``, ``max_energy_ratio``) are off unless set; a device
+class with fewer than ``min_class_samples`` telemetry samples on either bundle holds the stage
+(like ``min_predictions``: it neither passes nor fails); a class with no telemetry from the previous
+bundle (a first release, telemetry newly turned on) is not judged. ``to_dict`` writes the telemetry
+fields only when a gate is set or ``min_class_samples`` is not the default, so a plan without them
+reads and writes as it always did.
 Standard library only.
 """
 
@@ -41,6 +53,8 @@ ON_FAILURE = ("rollback", "halt")
 MAX_STAGES = 16
 MAX_SOAK_S = 30 * 24 * 3600.0
 MAX_LATENCY_RATIO = 1000.0
+DEFAULT_MIN_CLASS_SAMPLES = 100
+MAX_CLASS_SAMPLES = 10**12
 DOC = "rollout plan"
 
 _STAGE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -54,7 +68,21 @@ _HEALTH_FIELDS = {
     "min_reports",
     "min_predictions",
     "min_soak_s",
+    "max_p95_latency_ratio",
+    "max_energy_ratio",
+    "min_class_samples",
 }
+#: the telemetry gates (off when None)
+TELEMETRY_GATES = ("max_p95_latency_ratio", "max_energy_ratio")
+
+
+def _ratio(doc: str, data: Mapping[str, Any], key: str) -> float | None:
+    if data.get(key) is None:
+        return None
+    value = _finite(doc, data, key, 0.0, 0.0, MAX_LATENCY_RATIO)
+    if value <= 0:
+        raise SpecError(f"{doc}: field '{key}' must be > 0 (or null: off), got {value}")
+    return value
 
 
 def _finite(doc: str, data: Mapping[str, Any], key: str, default: float, lo: float, hi: float) -> float:
@@ -77,6 +105,17 @@ class HealthCriteria:
     #: predictions the reached devices must have reported before the stage may pass (a gate on
     #: passing only: a stage whose reports already break a criterion fails without waiting for it)
     min_predictions: int = 0
+    #: per device class: the new bundle's p95 latency / the same devices' previous bundle's (telemetry)
+    max_p95_latency_ratio: float | None = None
+    #: per device class: energy per inference on the new bundle / on the previous one (telemetry)
+    max_energy_ratio: float | None = None
+    #: telemetry samples a class needs on each bundle before a telemetry gate judges it (fewer: hold)
+    min_class_samples: int = DEFAULT_MIN_CLASS_SAMPLES
+
+    @property
+    def telemetry_gated(self) -> bool:
+        """Whether any telemetry gate is set."""
+        return any(getattr(self, key) is not None for key in TELEMETRY_GATES)
 
     def __post_init__(self) -> None:
         parsed = HealthCriteria.from_dict(self.to_dict())  # one set of rules; keeps the normalised values
@@ -96,7 +135,12 @@ class HealthCriteria:
             "min_reports": get_int(doc, data, "min_reports", 1, minimum=1),
             "min_predictions": get_int(doc, data, "min_predictions", 0, minimum=0),
             "min_soak_s": _finite(doc, data, "min_soak_s", 0.0, 0.0, MAX_SOAK_S),
+            "max_p95_latency_ratio": _ratio(doc, data, "max_p95_latency_ratio"),
+            "max_energy_ratio": _ratio(doc, data, "max_energy_ratio"),
+            "min_class_samples": get_int(doc, data, "min_class_samples", DEFAULT_MIN_CLASS_SAMPLES, minimum=1),
         }
+        if values["min_class_samples"] > MAX_CLASS_SAMPLES:
+            raise SpecError(f"{doc}: field 'min_class_samples' must be <= {MAX_CLASS_SAMPLES}")
         if values["max_latency_ratio"] <= 0:
             raise SpecError(f"{doc}: field 'max_latency_ratio' must be > 0, got {values['max_latency_ratio']}")
         criteria = object.__new__(cls)
@@ -105,7 +149,7 @@ class HealthCriteria:
         return criteria
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "min_install_success_rate": self.min_install_success_rate,
             "max_smoke_failure_rate": self.max_smoke_failure_rate,
             "max_error_rate": self.max_error_rate,
@@ -114,6 +158,12 @@ class HealthCriteria:
             "min_predictions": self.min_predictions,
             "min_soak_s": self.min_soak_s,
         }
+        if self.telemetry_gated or self.min_class_samples != DEFAULT_MIN_CLASS_SAMPLES:
+            for key in TELEMETRY_GATES:
+                if getattr(self, key) is not None:
+                    out[key] = getattr(self, key)
+            out["min_class_samples"] = self.min_class_samples
+        return out
 
 
 @dataclass(frozen=True)
@@ -215,4 +265,13 @@ class RolloutPlan:
         }
 
 
-__all__ = ["ON_FAILURE", "ROLLOUT_PLAN_VERSION", "HealthCriteria", "RolloutPlan", "RolloutStage"]
+__all__ = [
+    "DEFAULT_MIN_CLASS_SAMPLES",
+    "MAX_CLASS_SAMPLES",
+    "ON_FAILURE",
+    "ROLLOUT_PLAN_VERSION",
+    "TELEMETRY_GATES",
+    "HealthCriteria",
+    "RolloutPlan",
+    "RolloutStage",
+]

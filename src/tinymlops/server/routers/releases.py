@@ -19,7 +19,13 @@ from tinymlops.release.service import MAX_LIST, Assignment, Deployment, InstallR
 from tinymlops.server.deps import DEVICE_ID_PATTERN, ReadKey, ReleaseKey, ServicesDep
 from tinymlops.server.error_responses import error_responses
 from tinymlops.spec.install_report import INSTALL_STATUSES
-from tinymlops.spec.rollout import MAX_LATENCY_RATIO, MAX_SOAK_S, MAX_STAGES
+from tinymlops.spec.rollout import (
+    DEFAULT_MIN_CLASS_SAMPLES,
+    MAX_CLASS_SAMPLES,
+    MAX_LATENCY_RATIO,
+    MAX_SOAK_S,
+    MAX_STAGES,
+)
 
 router = APIRouter(prefix="/releases", tags=["releases"], responses=error_responses(400, 401, 403, 404, 413, 422))
 
@@ -41,6 +47,26 @@ class HealthCriteriaIn(BaseModel):
     min_reports: int = Field(1, ge=1, le=1_000_000)
     min_predictions: int = Field(0, ge=0, le=10**12)
     min_soak_s: float = Field(0.0, ge=0, le=MAX_SOAK_S, allow_inf_nan=False)
+    max_p95_latency_ratio: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_LATENCY_RATIO,
+        allow_inf_nan=False,
+        description="Per device class, from telemetry: p95 latency / the same devices' previous bundle (null: off).",
+    )
+    max_energy_ratio: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_LATENCY_RATIO,
+        allow_inf_nan=False,
+        description="Per device class, from telemetry: energy per inference / the previous bundle's (null: off).",
+    )
+    min_class_samples: int = Field(
+        DEFAULT_MIN_CLASS_SAMPLES,
+        ge=1,
+        le=MAX_CLASS_SAMPLES,
+        description="Telemetry samples a class needs on each bundle before a telemetry gate judges it (fewer: hold).",
+    )
 
 
 class RolloutStageIn(BaseModel):
