@@ -277,3 +277,19 @@ def test_the_cli_options_make_the_upload_policy() -> None:
         "--telemetry-interval",
     ):
         assert option in help_text
+
+
+def test_windows_too_many_for_one_request_body_go_as_several_batches(device: Device) -> None:
+    """The uploader keeps every body under its limit (by default the server's request limit), so a
+    backlog goes out as several batches instead of one the server would refuse with a 413."""
+    device.offer("t1")
+    device.agent.run_once()
+    device.uploader.max_body_bytes = 3000  # a small window's body is ~1.6 KB: two fit, four do not
+    for i in range(4):  # four windows wait (no upload: consent is asked per cycle; store directly)
+        device.serve(20, seed=10 + i)
+        device.agent.flush_telemetry(upload=False)
+    assert device.store.status().pending_windows == 4
+    outcome = device.uploader(WIFI)
+    assert 2 <= outcome.sent < 4 and outcome.windows == 4 and outcome.refused == 0
+    assert max(len(body) for body in device.server.bodies) <= 3000
+    assert requests_by_bundle(device.server) == {device.bundles.bundle_ids["t1"]: 80}

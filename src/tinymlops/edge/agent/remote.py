@@ -104,6 +104,9 @@ TELEMETRY_PATH = "/v1/devices/me/telemetry"
 TELEMETRY_STORE = "telemetry/upload.sqlite3"
 #: batches one upload sends at most (the rest wait for the next cycle)
 MAX_BATCHES_PER_UPLOAD = 8
+#: a batch body is kept under the control plane's default request body limit (1 MiB,
+#: tinymlops.server.settings): more windows go as more batches, never as one the server refuses
+MAX_UPLOAD_BODY_BYTES = 1024 * 1024 - 4096
 #: 4xx statuses that say nothing about the batch: retried, never a refusal
 RETRY_STATUSES = (401, 404, 405, 408, 429)
 #: reports of each kind kept while the server is unreachable (the oldest are dropped beyond this)
@@ -290,12 +293,14 @@ class TelemetryUploader:
         *,
         clock: Callable[[], float] = time.time,
         max_batches: int = MAX_BATCHES_PER_UPLOAD,
+        max_body_bytes: int = MAX_UPLOAD_BODY_BYTES,
     ) -> None:
         self.client = client
         self.store = store
         self.policy = policy or UploadPolicy()
         self.clock = clock
         self.max_batches = max_batches
+        self.max_body_bytes = max_body_bytes
         self.last: UploadOutcome | None = None
 
     def __call__(self, context: DeviceContext) -> UploadOutcome:
@@ -310,7 +315,9 @@ class TelemetryUploader:
             if not decision.allowed:
                 deferred = decision.reason
                 break
-            batch = self.store.next_batch(limit_bytes=decision.allowance)
+            allowance = decision.allowance
+            limit = self.max_body_bytes if allowance is None else min(allowance, self.max_body_bytes)
+            batch = self.store.next_batch(limit_bytes=limit)
             if batch is None:
                 break
             size = len(batch.body)
