@@ -14,6 +14,7 @@ from tinymlops.cli import (
     dataset,
     demo,
     device,
+    drift,
     fleet,
     init,
     keys,
@@ -52,6 +53,7 @@ app.add_typer(device.app, name="device")
 app.add_typer(release.app, name="release")
 app.add_typer(agent.app, name="agent")
 app.add_typer(fleet.app, name="fleet")
+app.add_typer(drift.app, name="drift")
 
 
 def main() -> None:

@@ -28,10 +28,29 @@ def add(
     """Register a dataset for MODEL; it must fit the model's input."""
     ws = Workspace.open(workspace)
     record = ws.registry.add_dataset(model, name, read_file(file, "dataset"), role=role)
+    reference = _reference_for_new_dataset(ws, model, record.name)
     if json_out:
-        emit_json(record.to_dict())
+        emit_json({**record.to_dict(), "reference": reference})
     else:
         console.print(f"Added dataset {record.name} ({record.role}, {record.n_samples} samples) to {model}")
+        if reference is not None:
+            console.print(f"  drift reference profile of {model}:{reference['version']}: {reference['status']}")
+
+
+def _reference_for_new_dataset(ws: Workspace, model: str, dataset: str) -> dict[str, object] | None:
+    """The latest version's drift reference profile from the new dataset, when it has none yet (an
+    existing reference is kept: `tinymlops drift reference build --dataset` replaces it)."""
+    from tinymlops.errors import TinyMLOpsError
+    from tinymlops.observe.references import ReferenceService
+
+    service = ReferenceService(ws.engine, ws.registry)
+    if service.get(model) is not None:
+        return None
+    try:
+        built = service.build(model, dataset=dataset)
+    except TinyMLOpsError as exc:
+        return {"version": ws.registry.resolve(model).version, "status": f"failed: {exc.message}"}
+    return {"version": built.version, "status": f"built from '{built.dataset}' ({built.rows} rows)"}
 
 
 @app.command("list")

@@ -20,12 +20,15 @@ class RegistrationResult:
     base: ArtifactRecord
     derivations: list[DerivationOutcome] = field(default_factory=list)
     evaluations: dict[int, dict[str, Any]] = field(default_factory=dict)
+    #: the drift reference profile computed from the dataset (None: the model has no dataset)
+    reference: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "base": self.base.to_dict(),
             "derivations": [d.to_dict() for d in self.derivations],
             "evaluations": {str(k): v for k, v in self.evaluations.items()},
+            "reference": self.reference,
         }
 
 
@@ -66,6 +69,7 @@ def register_model(
         if sha256_hex(blob) not in existing:
             ws.registry.add_dataset(name, f"{ds_name}-v{base.version}", blob, role=role)
     result = RegistrationResult(base)
+    result.reference = compute_reference(ws, base, [blob for _, _, blob in datasets], say)
     if derive:
         result.derivations = derive_variants(
             ws.registry, ws.config, base, on_step=lambda path, status: say(f"  {path}: {status}")
@@ -80,3 +84,28 @@ def register_model(
             on_done=lambda a, m: say(f"  evaluated {a.ref}"),
         )
     return result
+
+
+def compute_reference(
+    ws: Workspace, base: ArtifactRecord, given: list[bytes], say: Callable[[str], None]
+) -> dict[str, Any] | None:
+    """The drift reference profile of a newly registered base version
+    (:class:`~tinymlops.observe.references.ReferenceService`): from the dataset given with it (eval
+    first, then calibration), else the model's registered ones; None when the model has no dataset.
+    Registration never fails on it: a failure is reported in the result."""
+    from tinymlops.errors import TinyMLOpsError
+    from tinymlops.observe.references import ReferenceService
+
+    if not ws.registry.datasets(base.model):
+        say("  no dataset: no drift reference profile (add one with `tinymlops dataset add`)")
+        return None
+    by_digest = {d.sha256: d.name for d in ws.registry.datasets(base.model)}
+    named = next((by_digest[sha256_hex(blob)] for blob in given if sha256_hex(blob) in by_digest), None)
+    try:
+        record = ReferenceService(ws.engine, ws.registry).build(base.model, base.version, dataset=named)
+    except TinyMLOpsError as exc:
+        say(f"  drift reference profile failed: {exc.message}")
+        return {"status": "failed", "error": exc.message}
+    say(f"  drift reference profile from dataset '{record.dataset}' ({record.rows} rows)")
+    outputs = record.settings.get("outputs")
+    return {"status": "built", "dataset": record.dataset, "rows": record.rows, "outputs": outputs}

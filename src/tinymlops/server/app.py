@@ -21,6 +21,7 @@ from tinymlops.server.body_limit import BodyLimitMiddleware
 from tinymlops.server.deps import Services, reject_unknown_query
 from tinymlops.server.error_responses import install_error_handlers
 from tinymlops.server.routers import admin, dashboard, devices, fleet, health, models, releases, updates
+from tinymlops.server.routers.drift import router as drift_router
 from tinymlops.server.routers.telemetry import router as telemetry_router
 from tinymlops.server.settings import ServerSettings
 from tinymlops.workspace import Workspace
@@ -64,6 +65,7 @@ def create_app(
     app.include_router(updates.router, prefix=API_PREFIX)
     app.include_router(fleet.router, prefix=API_PREFIX)
     app.include_router(telemetry_router, prefix=API_PREFIX)
+    app.include_router(drift_router, prefix=API_PREFIX)
     app.include_router(dashboard.router)
     return app
 
