@@ -209,6 +209,18 @@ def test_any_document_parses_or_is_refused_with_a_config_error(doc: Any) -> None
         ("[profiles]\n", 1, ["profiles", "empty"]),
         ("seed = 3\n[profiles.p]\n", 1, ["seed", "unknown field"]),
         ("# nothing\n", None, ["profiles", "missing"]),
+        (
+            '[profiles.p]\n[profiles.p.telemetry]\nconsent = "yes"\n',
+            3,
+            ["profiles.p.telemetry.consent", "true or false"],
+        ),
+        ("[profiles.p]\n[profiles.p.telemetry]\nmax_bytes_per_day = 0\n", 3, ["max_bytes_per_day", ">= 1"]),
+        ("[profiles.p]\n[profiles.p.telemetry]\nupload = true\n", 3, ["profiles.p.telemetry.upload", "unknown field"]),
+        ("[profiles.p]\n[profiles.p.inputs]\nshift_sd = 1\n", 2, ["shift_features", "missing"]),
+        ("[profiles.p]\n[profiles.p.inputs]\nshift_features = [1, 1]\n", 3, ["shift_features", "twice"]),
+        ("[profiles.p]\n[profiles.p.inputs]\nshift_features = [-1]\n", 3, ["shift_features", "integers >= 0"]),
+        ("[profiles.p]\n[profiles.p.inputs]\nshift_features = []\n", 3, ["shift_features", "1 to"]),
+        ('[profiles.p]\n[profiles.p.inputs]\nshift_features = [1]\nshift_sd = "big"\n', 4, ["shift_sd", "finite"]),
     ],
 )
 def test_a_bad_mix_file_is_refused_naming_line_and_field(
@@ -303,3 +315,28 @@ def test_the_default_mix_covers_the_catalog_profiles_and_interleaves_them() -> N
 def test_errors_are_all_in_the_one_hierarchy() -> None:
     with pytest.raises(TinyMLOpsError):
         parse_mix("[profiles.p]\nrate = -1\n")
+
+
+def test_telemetry_choices_and_input_shifts_parse_and_round_trip() -> None:
+    from tinymlops.fleet.workload import InputShift
+    from tinymlops.observe.upload_policy import UploadPolicy
+
+    text = """
+[profiles.rpi-4]
+tags = ["site-south"]
+[profiles.rpi-4.telemetry]
+consent = true
+wifi_only = false
+max_bytes_per_day = 50000
+[profiles.rpi-4.inputs]
+shift_features = [19, 20, 44]
+shift_sd = 0.5
+
+[profiles.x86-edge-server]
+"""
+    mix = parse_mix(text)
+    south, plain = mix.entries
+    assert south.upload == UploadPolicy(consent=True, wifi_only=False, max_bytes_per_day=50000)
+    assert south.shift == InputShift((19, 20, 44), 0.5)
+    assert plain.upload is None and plain.shift is None  # absent: no consent, data as it is
+    assert parse_mix(mix.to_dict()) == mix

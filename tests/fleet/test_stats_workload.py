@@ -147,3 +147,27 @@ def test_another_model_gets_generated_inputs_of_its_shape_that_it_runs() -> None
     assert backend.run(x)[0].shape == (1, 2)
     np.testing.assert_array_equal(workload_for(runtime, seed=3).next()[0], x)  # seeded per device
     assert workload_for(SimpleNamespace(backends={}), seed=0).kind == "none"
+
+
+def test_an_input_shift_moves_exactly_its_features_by_their_standard_deviations() -> None:
+    from tinymlops.errors import UsageError
+    from tinymlops.fleet.workload import InputShift, digits_test_split
+
+    split = digits_test_split()
+    assert split is not None
+    x, _ = split
+    shifted = InputShift((19, 20, 44), 0.5).apply(x)
+    assert shifted.shape == x.shape and not np.shares_memory(shifted, x)
+    flat, moved = x.reshape(len(x), -1), shifted.reshape(len(x), -1)
+    delta = moved - flat
+    std = flat.std(axis=0)
+    for i in range(64):
+        want = 0.5 * std[i] if i in (19, 20, 44) else 0.0
+        np.testing.assert_allclose(delta[:, i], want, atol=1e-6)
+    with pytest.raises(UsageError, match="outside the model input's 64 values"):
+        InputShift((64,), 0.5).apply(x)
+    for bad in ((), (1, 1), (-1,)):
+        with pytest.raises(UsageError):
+            InputShift(bad, 0.5)
+    with pytest.raises(UsageError):
+        InputShift((1,), float("nan"))

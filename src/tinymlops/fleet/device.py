@@ -40,7 +40,8 @@ from tinymlops.edge.agent.remote import Connection, connect
 from tinymlops.errors import ServerRequestError, ServerUnreachableError, TinyMLOpsError, UsageError
 from tinymlops.fleet.context import Scenario, SimulatedContext
 from tinymlops.fleet.stats import DeviceStats
-from tinymlops.fleet.workload import Workload, workload_for
+from tinymlops.fleet.workload import InputShift, Workload, workload_for
+from tinymlops.observe.upload_policy import UploadPolicy
 
 log = logging.getLogger("tinymlops.fleet")
 
@@ -66,6 +67,8 @@ class DevicePlan:
     tags: tuple[str, ...] = ()
     start_delay_s: float = 0.0
     timeout_s: float = 10.0
+    upload: UploadPolicy | None = None  # None: no consent (telemetry waits on the device)
+    shift: InputShift | None = None
 
 
 def _describe(exc: BaseException) -> str:
@@ -144,6 +147,7 @@ class SimulatedDevice:
                     enrolment_token=p.token,
                     profile=p.profile,
                     timeout_s=p.timeout_s,
+                    upload_policy=p.upload,
                 )
             except ServerRequestError as exc:
                 with self.stats as st:
@@ -215,7 +219,7 @@ class SimulatedDevice:
         if bundle_id == self.stats.bundle_id and (bundle_id is None or self._workload is not None):
             return
         runtime = agent.runtime
-        workload = None if runtime is None else workload_for(runtime, self.plan.seed)
+        workload = None if runtime is None else workload_for(runtime, self.plan.seed, shift=self.plan.shift)
         ref = None
         if runtime is not None:
             model = getattr(runtime.manifest, "model", None)

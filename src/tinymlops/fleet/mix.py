@@ -30,6 +30,16 @@ devices live through::
     charge_every_s = 90                  # charging schedule: charge_for_s of every charge_every_s
     charge_for_s = 30
 
+    [profiles.android-nnapi-phone.telemetry]  # the owners' upload choices (absent: no consent —
+    consent = true                            # windows wait on the device, merged when they pile up)
+    wifi_only = true
+    only_charging = false
+    max_bytes_per_day = 200000
+
+    [profiles.android-nnapi-phone.inputs]     # absent: the data as it is
+    shift_features = [19, 20, 44]             # indices into the flattened input ...
+    shift_sd = 0.5                            # ... that read this many standard deviations higher
+
 The parser is strict: an unknown field, a wrong type or an out-of-range value is a
 :class:`~tinymlops.errors.ConfigError` naming the file, the line and the field. Whether each
 profile exists is for the control plane to say (the simulator asks it before starting anything).
@@ -50,6 +60,8 @@ from typing import Any
 from tinymlops.devices.enrolment import MAX_TAGS, TAG
 from tinymlops.errors import ConfigError, UsageError
 from tinymlops.fleet.context import BatteryScenario, NetworkScenario, Scenario
+from tinymlops.fleet.workload import MAX_SHIFT_FEATURES, InputShift
+from tinymlops.observe.upload_policy import UploadPolicy
 from tinymlops.spec.context import NETWORKS, PREFERENCES
 
 MIX_SPEC_MAJOR = 1
@@ -59,7 +71,9 @@ MAX_RATE = 1000.0
 MAX_ENTRIES = 1000
 
 _TOP = {"spec_version", "profiles"}
-_ENTRY = {"profile", "weight", "count", "tags", "rate", "prefer", "network", "battery"}
+_ENTRY = {"profile", "weight", "count", "tags", "rate", "prefer", "network", "battery", "telemetry", "inputs"}
+_TELEMETRY = {"consent", "wifi_only", "only_charging", "max_bytes_per_day"}
+_INPUTS = {"shift_features", "shift_sd"}
 _NETWORK = {*NETWORKS, "mean_period_s", "min_period_s", "wifi_kbps", "cellular_kbps"}
 _BATTERY = {"initial", "drain_per_s", "drain_per_prediction", "charge_per_s", "charge_every_s", "charge_for_s"}
 
@@ -75,6 +89,8 @@ class MixEntry:
     tags: tuple[str, ...] = ()
     rate: float = 1.0
     scenario: Scenario = field(default_factory=Scenario)
+    upload: UploadPolicy | None = None
+    shift: InputShift | None = None
 
     def to_dict(self) -> dict[str, Any]:
         net = self.scenario.network
@@ -103,6 +119,13 @@ class MixEntry:
             }
             if b.charge_every_s is not None:
                 out["battery"]["charge_every_s"] = b.charge_every_s
+        if self.upload is not None:
+            u = self.upload
+            out["telemetry"] = {"consent": u.consent, "wifi_only": u.wifi_only, "only_charging": u.only_charging}
+            if u.max_bytes_per_day is not None:
+                out["telemetry"]["max_bytes_per_day"] = u.max_bytes_per_day
+        if self.shift is not None:
+            out["inputs"] = self.shift.to_dict()
         return out
 
 
@@ -342,6 +365,8 @@ def _entry(r: _Reader, name: str, body: Any) -> MixEntry:
         raise r.fail((*path, "prefer"), f"must be one of {', '.join(PREFERENCES)}, got {_show(prefer)}")
     network = _network(r, t.get("network", {}), (*path, "network"))
     battery = None if "battery" not in t else _battery(r, t["battery"], (*path, "battery"))
+    upload = None if "telemetry" not in t else _upload(r, t["telemetry"], (*path, "telemetry"))
+    shift = None if "inputs" not in t else _shift(r, t["inputs"], (*path, "inputs"))
     assert rate is not None
     return MixEntry(
         name=name,
@@ -351,7 +376,44 @@ def _entry(r: _Reader, name: str, body: Any) -> MixEntry:
         tags=tuple(tags),
         rate=rate,
         scenario=Scenario(network=network, battery=battery, prefer=prefer),
+        upload=upload,
+        shift=shift,
     )
+
+
+def _upload(r: _Reader, body: Any, path: tuple[str, ...]) -> UploadPolicy:
+    t = r.table(body, path, _TELEMETRY)
+    flags = {}
+    for key, default in (("consent", True), ("wifi_only", True), ("only_charging", False)):
+        value = t.get(key, default)
+        if not isinstance(value, bool):
+            raise r.fail((*path, key), f"must be true or false, got {_show(value)}")
+        flags[key] = value
+    cap = t.get("max_bytes_per_day")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        raise r.fail((*path, "max_bytes_per_day"), f"must be an integer >= 1, got {_show(cap)}")
+    return UploadPolicy(max_bytes_per_day=cap, **flags)
+
+
+def _shift(r: _Reader, body: Any, path: tuple[str, ...]) -> InputShift:
+    t = r.table(body, path, _INPUTS)
+    if "shift_features" not in t:
+        raise r.fail((*path, "shift_features"), "missing: the indices (into the flattened input) to shift")
+    features = t["shift_features"]
+    if (
+        not isinstance(features, list)
+        or not 0 < len(features) <= MAX_SHIFT_FEATURES
+        or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in features)
+    ):
+        raise r.fail(
+            (*path, "shift_features"),
+            f"must be an array of 1 to {MAX_SHIFT_FEATURES} integers >= 0, got {_show(features)}",
+        )
+    if len(set(features)) != len(features):
+        raise r.fail((*path, "shift_features"), "a feature is given twice")
+    sd = r.number(t, path, "shift_sd", 0.5, minimum=-1e6, maximum=1e6)
+    assert sd is not None
+    return InputShift(tuple(features), sd)
 
 
 def _network(r: _Reader, body: Any, path: tuple[str, ...]) -> NetworkScenario:

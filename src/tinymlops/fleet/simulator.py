@@ -355,6 +355,8 @@ class FleetSimulator:
                     tags=entry.tags,
                     start_delay_s=(seed / 2**32) * ramp,
                     timeout_s=s.request_timeout_s,
+                    upload=entry.upload,
+                    shift=entry.shift,
                 )
             )
         record = {

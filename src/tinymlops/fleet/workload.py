@@ -11,18 +11,61 @@
   quantizes them when the model's input is integer. No accuracy is scored.
 
 Each device walks its own seeded permutation of the samples, one sample per prediction.
+
+An :class:`InputShift` (a mix entry's ``[profiles.NAME.inputs]``) makes a cohort's data drift: the
+listed features (indices into the flattened input) read ``sd`` standard deviations — of that
+feature over the workload's samples — higher, as a miscalibrated sensor would. The labels stay.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from tinymlops.errors import UsageError
+
 DIGITS_FEATURES = 64
 DIGITS_CLASSES = 10
+
+
+#: the most features one shift may name
+MAX_SHIFT_FEATURES = 4096
+
+
+@dataclass(frozen=True)
+class InputShift:
+    """Add ``sd`` standard deviations (per feature, over the samples) to ``features`` of every sample."""
+
+    features: tuple[int, ...]
+    sd: float
+
+    def __post_init__(self) -> None:
+        if not self.features or len(self.features) > MAX_SHIFT_FEATURES:
+            raise UsageError(f"an input shift names 1 to {MAX_SHIFT_FEATURES} features, got {len(self.features)}")
+        if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in self.features):
+            raise UsageError(f"input shift features are indices >= 0 into the flattened input, got {self.features}")
+        if len(set(self.features)) != len(self.features):
+            raise UsageError("an input shift names a feature twice")
+        if isinstance(self.sd, bool) or not isinstance(self.sd, int | float) or not math.isfinite(self.sd):
+            raise UsageError(f"an input shift's sd must be a finite number, got {self.sd!r}")
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """A shifted copy of ``x`` (samples first); UsageError when a feature is outside a sample."""
+        flat = np.array(x, dtype=np.float32).reshape(len(x), -1)
+        size = flat.shape[1]
+        outside = [i for i in self.features if i >= size]
+        if outside:
+            raise UsageError(f"input shift feature(s) {outside} outside the model input's {size} values")
+        idx = np.asarray(self.features)
+        flat[:, idx] += (self.sd * flat[:, idx].std(axis=0)).astype(np.float32)
+        return flat.reshape(x.shape)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"shift_features": list(self.features), "shift_sd": self.sd}
 
 
 @dataclass
@@ -77,8 +120,21 @@ def _static_shape(shape: tuple[Any, ...]) -> tuple[int, ...] | None:
     return tuple(dims)
 
 
-def workload_for(runtime: Any, seed: int, *, samples: int = 64) -> Workload:
-    """The workload for the bundle ``runtime`` serves (see the module docstring)."""
+def workload_for(runtime: Any, seed: int, *, samples: int = 64, shift: InputShift | None = None) -> Workload:
+    """The workload for the bundle ``runtime`` serves (see the module docstring), shifted by ``shift``
+    (a feature outside the input: no workload, and the reason says why)."""
+    workload = _workload_for(runtime, seed, samples)
+    if shift is None or workload.kind == "none":
+        return workload
+    try:
+        workload.x = shift.apply(workload.x)
+    except UsageError as exc:
+        return Workload("none", np.zeros((1, 1), np.float32), None, np.zeros(1, np.int64), exc.message)
+    workload.kind += "+shift"
+    return workload
+
+
+def _workload_for(runtime: Any, seed: int, samples: int) -> Workload:
     rng = np.random.default_rng(seed)
     backends = getattr(runtime, "backends", {}) or {}
     backend = backends.get("main") or next(iter(backends.values()), None)
@@ -100,4 +156,4 @@ def workload_for(runtime: Any, seed: int, *, samples: int = 64) -> Workload:
     return Workload("generated", x, None, rng.permutation(samples))
 
 
-__all__ = ["DIGITS_CLASSES", "DIGITS_FEATURES", "Workload", "digits_test_split", "workload_for"]
+__all__ = ["DIGITS_CLASSES", "DIGITS_FEATURES", "InputShift", "Workload", "digits_test_split", "workload_for"]
