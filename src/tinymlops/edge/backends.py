@@ -131,10 +131,15 @@ class OnnxRuntimeBackend(Backend):
             for o in self.session.get_outputs()
         )
         self._output_names = [o.name for o in self.outputs]
+        # a failing call raises with ONNX Runtime's message (BackendError below) and is counted by the
+        # health and telemetry middleware; ORT's own per-call error log would print it again on stderr
+        # for every failed prediction — a flood on a device serving a broken model — so it is off
+        self._run_options = ort.RunOptions()
+        self._run_options.log_severity_level = 4
 
     def run_raw(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         try:
-            return list(self.session.run(self._output_names, dict(feeds)))
+            return list(self.session.run(self._output_names, dict(feeds), self._run_options))
         except Exception as exc:
             raise BackendError(f"ONNX Runtime failed to run the model: {_first_line(exc)}") from exc
 
