@@ -218,3 +218,89 @@ def test_profiles_of_different_layouts_or_projections_do_not_merge(digits: np.nd
         a.add(digits[:5, :32])
     with pytest.raises(UsageError, match="numeric"):
         a.add(np.array([["x"] * 64]))
+
+
+def test_rows_one_at_a_time_and_a_read_mid_buffer_hold_every_row(digits: np.ndarray) -> None:
+    """The hot path copies single rows into the buffer (shaped like the rows) and reduces a block at a
+    time, each feature's block sorted first: read at any point — here mid-buffer — a profile holds
+    exactly the rows it was given, the same as one profile fed everything in one batch."""
+    x = digits[:1000]
+    one_by_one = InputProfile(buffer_rows=256)
+    for i in range(len(x) - 37):  # 963 rows: three full blocks and a partial one
+        one_by_one.add(x[i : i + 1])
+    at_once = InputProfile(buffer_rows=4096)
+    at_once.add(x[: len(x) - 37])
+    assert one_by_one._fill == (len(x) - 37) % 256  # the read below happens mid-buffer
+    a, b = one_by_one.summary(), at_once.summary()
+    assert a.rows == b.rows == len(x) - 37
+    for fa, fb in zip(a.features, b.features, strict=True):
+        assert (fa.kind, fa.index, fa.count, fa.nonfinite) == (fb.kind, fb.index, fb.count, fb.nonfinite)
+        assert (fa.min, fa.max) == (fb.min, fb.max)
+        assert fa.mean == pytest.approx(fb.mean, rel=1e-9, abs=1e-9)
+        assert fa.variance == pytest.approx(fb.variance, rel=1e-6, abs=1e-9)
+    exact = x[: len(x) - 37].astype(np.float64)
+    assert [f.mean for f in a.features[:64]] == pytest.approx(exact.mean(axis=0), rel=1e-9, abs=1e-9)
+    for j in (0, 20, 43):
+        assert one_by_one.sketch(j).n == len(x) - 37
+        assert _max_rank_error(one_by_one.sketch(j), x[: len(x) - 37, j]) <= one_by_one.sketch(j).normalized_rank_error(
+            False
+        )
+    # reading flushed the buffer; the stream goes on after it
+    for i in range(len(x) - 37, len(x)):
+        one_by_one.add(x[i : i + 1])
+    assert one_by_one.summary().rows == len(x) and one_by_one.moments()["count"][0] == len(x)
+
+
+def test_the_hot_path_takes_rows_of_any_shape_and_dtype_as_the_slow_path_does() -> None:
+    rng = np.random.default_rng(3)
+    images = rng.normal(size=(300, 3, 8, 8)).astype(np.float32)  # 192 values > max_features: channels
+    fast, slow = InputProfile(buffer_rows=64), InputProfile(buffer_rows=64)
+    for i in range(len(images)):
+        fast.add(images[i : i + 1])  # [1, 3, 8, 8] rows: channel features
+    for i in range(0, len(images), 7):
+        slow.add(images[i : i + 7])
+    assert [k for k in fast.feature_keys()] == [("channel", c) for c in range(3)] + [
+        ("projection", j) for j in range(8)
+    ]
+    assert fast.moments()["mean"] == pytest.approx(slow.moments()["mean"], rel=1e-9, abs=1e-12)
+    assert fast.moments()["min"] == pytest.approx(slow.moments()["min"])
+    # one value per row ([1] arrays), then the same values as float64 and as a 0-d array
+    scalars = InputProfile(buffer_rows=16)
+    values = rng.normal(size=50)
+    for v in values[:20]:
+        scalars.add(np.array([v], np.float32))
+    for v in values[20:49]:
+        scalars.add(np.array([v]))  # float64: another dtype, re-keyed, cast into the buffer
+    scalars.add(np.float32(values[49]))
+    m = scalars.moments()
+    assert m["count"][0] == 50 and m["mean"][0] == pytest.approx(values.astype(np.float32).mean(), rel=1e-6)
+    # a row of another shape is still refused, whatever went through the hot path before
+    with pytest.raises(UsageError, match="do not fit"):
+        fast.add(np.zeros((1, 3, 8, 9), np.float32))
+    # scores one at a time: the same histograms as in one batch
+    scores = rng.dirichlet(np.ones(5), size=200).astype(np.float32)
+    one, batch = InputProfile(buffer_rows=32), InputProfile()
+    for row in scores:
+        one.observe(row[None, :])
+    batch.observe(scores)
+    assert np.array_equal(one.classes, batch.classes) and np.array_equal(one.confidence, batch.confidence)
+
+
+@pytest.mark.parametrize("order", ["increasing", "decreasing", "sawtooth", "random"])
+def test_sorted_blocks_keep_the_stated_rank_error_whatever_the_stream_order(order: str) -> None:
+    """KLL's bound holds for any (oblivious) order; the profile sorts each block before the sketch
+    sees it. Adversarial-looking orders stay within the stated bound."""
+    n = 60_000
+    base = np.random.default_rng(7).lognormal(size=n).astype(np.float32)
+    stream = {
+        "increasing": np.sort(base),
+        "decreasing": np.sort(base)[::-1],
+        "sawtooth": np.sort(base).reshape(60, -1).T.reshape(-1),
+        "random": base,
+    }[order]
+    profile = InputProfile(projection_dims=0)
+    for i in range(0, n, 100):
+        profile.add(stream[i : i + 100, None])
+    sketch = profile.sketch(0)
+    assert sketch.n == n and sketch.is_estimation_mode()
+    assert _max_rank_error(sketch, stream) <= sketch.normalized_rank_error(False)

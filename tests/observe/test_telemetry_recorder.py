@@ -10,7 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from tinymlops.edge.agent.serving_stats import GAMMA, LOW_S, LatencyHistogram
 from tinymlops.edge.backends import open_backend
 from tinymlops.edge.middleware import Request, Response, compose
 from tinymlops.errors import InputMismatchError, SpecError, UsageError
@@ -61,9 +64,13 @@ def test_a_window_over_the_digits_cnn(digits_model) -> None:
     assert perf.peak_memory_bytes is not None and perf.peak_memory_bytes >= 10 * 2**20
     inputs = window.inputs
     assert inputs is not None and inputs.rows == len(x) and inputs.predictions == len(x)
-    # [batch, 1, 8, 8]: one channel feature (the image's mean intensity) and the 8 projections
-    assert [(f.kind, f.index) for f in inputs.features] == [("channel", 0)] + [("projection", j) for j in range(8)]
-    assert inputs.features[0].mean == pytest.approx(float(x.mean(axis=(1, 2, 3), dtype=np.float64).mean()), rel=1e-6)
+    # [batch, 1, 8, 8]: 64 values per row, so every pixel is an element feature, and the 8 projections
+    assert [(f.kind, f.index) for f in inputs.features] == [("element", i) for i in range(64)] + [
+        ("projection", j) for j in range(8)
+    ]
+    pixel_means = x.reshape(len(x), -1).mean(axis=0, dtype=np.float64)
+    for i in (0, 19, 36):  # a corner pixel that is always blank, two that the strokes cross
+        assert inputs.features[i].mean == pytest.approx(float(pixel_means[i]), rel=1e-6, abs=1e-9)
     assert inputs.classes == tuple(np.bincount(want, minlength=10))
     assert inputs.confidence is not None and sum(inputs.confidence) == len(x)
     assert window.privacy.classes is not None and window.privacy.classes.mechanism == "none"
@@ -273,3 +280,102 @@ def test_through_a_real_bundle_and_runtime(sqlite_workspace, digits_model, tmp_p
     assert window.inputs.classes == tuple(np.bincount(answers, minlength=10))
     profile = InputProfile.from_window_dict(window.inputs.to_dict())
     assert profile.rows == 100
+
+
+class StepTimer:
+    """A timer that reads 0 when a call starts and ``next`` when it ends: the call took exactly ``next``."""
+
+    def __init__(self) -> None:
+        self.next = 0.0
+        self._ends = False
+
+    def __call__(self) -> float:
+        self._ends = not self._ends
+        return 0.0 if self._ends else self.next
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.floats(allow_nan=True, allow_infinity=True, width=64),
+            st.integers(0, 1200).map(lambda i: LOW_S * GAMMA**i),  # bucket edges …
+            st.integers(0, 1200).map(lambda i: float(np.nextafter(LOW_S * GAMMA**i, 0.0))),  # … and just below
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_the_recorders_latency_histogram_is_serving_stats_histogram(durations: list[float]) -> None:
+    """The recorder keeps its histogram inline (the hot path): the same buckets, count, min and max as
+    a LatencyHistogram given the same latencies — bucket edges, negative, NaN and infinite ones included
+    (LatencyHistogram.add raises on +inf and on 1e303; the recorder counts them as 0, as NaN, and predicts on)."""
+    timer = StepTimer()
+    recorder = TelemetryRecorder(BUNDLE, timer=timer, policy=TelemetryPolicy(inputs=False))
+    predict = compose([recorder], lambda r: Response(outputs={}))
+    want = LatencyHistogram()
+    for d in durations:
+        timer.next = d
+        predict(Request(np.zeros((1, 1), np.float32)))
+        want.add(d if d < 1e300 else 0.0)  # an infinite (or absurd) latency is a clock gone wrong, as NaN is
+    requests, errors, live = recorder.snapshot()
+    assert (requests, errors) == (len(durations), 0) and live == want
+    window = recorder.take_window()
+    assert window is not None and window.performance.latency is not None
+    assert latency_histogram(window.performance.latency) == want
+
+
+def test_concurrent_predictions_and_windows_lose_no_row_and_count_none_twice() -> None:
+    """Rows are buffered per window: threads predicting while another closes windows as fast as it
+    can — every row, moment and prediction is in exactly one window (including rows still in a
+    buffer when its window closed)."""
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(64, 6)).astype(np.float32)
+    scores = rng.dirichlet(np.ones(4), size=64).astype(np.float32)
+    recorder = TelemetryRecorder(BUNDLE, meter=PowerModelMeter(1.0))
+    predict = compose(
+        [recorder], lambda r: Response(outputs={"p": scores[int(r.metadata["i"]) : int(r.metadata["i"]) + 1]})
+    )
+    calls_per_thread, threads = 700, 4
+    windows: list = []
+    done = threading.Event()
+
+    def worker() -> None:
+        for i in range(calls_per_thread):
+            predict(Request(x[i % 64 : i % 64 + 1], metadata={"i": i % 64}))
+
+    def taker() -> None:
+        while not done.is_set():
+            w = recorder.take_window()
+            if w is not None:
+                windows.append(w)
+
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    closer = threading.Thread(target=taker)
+    closer.start()
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    done.set()
+    closer.join()
+    last = recorder.take_window()
+    if last is not None:
+        windows.append(last)
+    total = calls_per_thread * threads
+    assert len(windows) > 1 and recorder.profile_errors == 0
+    assert sum(w.performance.requests for w in windows) == total
+    assert sum(w.performance.latency.count for w in windows if w.performance.latency) == total
+    inputs = [w.inputs for w in windows if w.inputs is not None]
+    assert sum(i.rows for i in inputs) == total
+    assert sum(i.features[0].count for i in inputs) == total
+    # the moments add up to the stream's: each row counted once
+    want = np.concatenate([x[np.arange(calls_per_thread) % 64]] * threads).astype(np.float64)
+    got = sum(i.features[2].mean * i.features[2].count for i in inputs)
+    assert got == pytest.approx(want[:, 2].sum(), rel=1e-9, abs=1e-6)
+    labels = np.concatenate([scores.argmax(axis=1)[np.arange(calls_per_thread) % 64]] * threads)
+    classes = np.zeros(4, np.int64)
+    for i in inputs:  # a window's histogram is as long as the largest class it saw
+        assert i.classes is not None
+        classes[: len(i.classes)] += i.classes
+    assert classes.tolist() == np.bincount(labels, minlength=4).tolist()

@@ -48,7 +48,59 @@ def _show(doc: dict[str, Any]) -> None:
         f"{doc['published']} assigned, {doc['skipped']} skipped (snapshot {doc['snapshot_version']}){where}",
         highlight=False,
     )
+    console.print(f"telemetry: {_telemetry_text(doc.get('telemetry'))}", highlight=False)
     table(None, ["device", "profile", "stage", "status", "ref", "bundle", "installed", "reason"], _assignment_rows(doc))
+
+
+def _telemetry_text(table: dict[str, Any] | None) -> str:
+    """One line for the telemetry policy a release's bundles carry."""
+    if table is None:
+        return "not recorded"
+    if not table.get("enabled"):
+        return "off"
+    parts = ["on"]
+    if table.get("inputs", True):
+        what = f"inputs profiled (k {table.get('sketch_k')}, up to {table.get('max_features')} features"
+        what += f", {table.get('projection_dims')} projections"
+        if table.get("classes") is not None:
+            what += f", {table['classes']} classes from '{table.get('output')}'"
+        parts.append(what + ")")
+    else:
+        parts.append("performance only")
+    privacy = table.get("privacy") or {}
+    if privacy:
+        parts.append("privacy " + ", ".join(f"{k}={v:g}" for k, v in privacy.items()))
+    else:
+        parts.append("exact histograms")
+    return "; ".join(parts)
+
+
+def _telemetry_options(enabled: bool, inputs: bool | None, privacy: list[str] | None) -> dict[str, Any] | None:
+    """--no-telemetry, --[no-]telemetry-inputs and --privacy KEY=VALUE as release telemetry options."""
+    if not enabled:
+        if inputs is not None or privacy:
+            raise UsageError("--no-telemetry turns telemetry off: --telemetry-inputs and --privacy do not apply")
+        return {"enabled": False}
+    if inputs is None and not privacy:
+        return None
+    options: dict[str, Any] = {}
+    if inputs is not None:
+        options["inputs"] = inputs
+    settings: dict[str, float] = {}
+    for item in privacy or ():
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"--privacy: {item!r} is not KEY=VALUE (e.g. classes_epsilon=1.0)")
+        if key in settings:
+            raise UsageError(f"--privacy: {key} is given twice")
+        try:
+            settings[key] = float(value)
+        except ValueError:
+            raise UsageError(f"--privacy: the value of {key} is not a number: {value.strip()!r}") from None
+    if settings:
+        options["privacy"] = settings
+    return options
 
 
 def _when(ts: float | None) -> str:
@@ -156,11 +208,34 @@ def create_cmd(
     soak: Annotated[
         float, typer.Option("--soak", min=0.0, help="With --stages: seconds a stage runs before it may pass.")
     ] = 0.0,
+    telemetry: Annotated[
+        bool,
+        typer.Option(
+            "--telemetry/--no-telemetry", help="Devices record telemetry for these bundles (default) or nothing."
+        ),
+    ] = True,
+    telemetry_inputs: Annotated[
+        bool | None,
+        typer.Option(
+            "--telemetry-inputs/--no-telemetry-inputs",
+            help="Profile inputs (sketches and histograms, never raw data; default) or performance only.",
+            show_default=False,
+        ),
+    ] = None,
+    privacy: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--privacy",
+            help="Local differential privacy, KEY=VALUE (repeatable): classes_epsilon, confidence_epsilon, "
+            "window_epsilon, day_epsilon.",
+        ),
+    ] = None,
     workspace: WorkspaceOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Select a variant per device, build a bundle encrypted to each and publish them through TUF —
-    to every device at once, or stage by stage with --stages / --plan."""
+    to every device at once, or stage by stage with --stages / --plan. Every bundle carries a
+    telemetry policy: on by default (--no-telemetry, --no-telemetry-inputs, --privacy KEY=VALUE)."""
     from tinymlops.release.rollouts import cli_actor
     from tinymlops.release.service import ReleaseService
     from tinymlops.workspace import Workspace
@@ -172,6 +247,7 @@ def create_cmd(
     plan_doc = _read_plan(plan) if plan is not None else None
     if stages is not None:
         plan_doc = _parse_stages(stages, on_failure, min_reports, soak)
+    telemetry_doc = _telemetry_options(telemetry, telemetry_inputs, privacy)
     with Workspace.open(workspace) as ws:
         record = ReleaseService(ws).create_release(
             model,
@@ -181,6 +257,7 @@ def create_cmd(
             urgent=urgent,
             created_by=cli_actor(),
             plan=plan_doc,
+            telemetry=telemetry_doc,
         )
         doc = record.to_dict()
     if json_out:

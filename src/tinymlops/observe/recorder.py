@@ -3,10 +3,13 @@
 :class:`TelemetryRecorder` is a ``mw(request, call_next)`` (:mod:`tinymlops.edge.middleware`). For
 every call it records, by the rule of :class:`~tinymlops.edge.agent.health.HealthWatch`:
 
-* a call that returns: a **request**, its latency (from here to the end of the chain) into a
-  :class:`~tinymlops.edge.agent.serving_stats.LatencyHistogram` (the same log buckets, 1% relative
-  error), its energy (an :class:`~tinymlops.observe.energy.EnergyMeter` read before and after, on
-  one call in ``energy_every``), its inputs and outputs into an
+* a call that returns: a **request**, its latency (from here to the end of the chain) into the
+  buckets of a :class:`~tinymlops.edge.agent.serving_stats.LatencyHistogram` (the same log buckets,
+  1% relative error; kept inline — a dict of counts, min and max — and the index computed as
+  ``bucket_of`` computes it, a property test holds them equal; a NaN, negative or infinite
+  duration (or one of 1e300 s and more) is a clock gone wrong and counts as 0), its energy (an
+  :class:`~tinymlops.observe.energy.EnergyMeter` read before and after, on one call in
+  ``energy_every``), its inputs and outputs into an
   :class:`~tinymlops.observe.sketches.InputProfile` (buffered: a row copy per call);
 * a call that raises: a request and an **error**;
 * a call refused with a :class:`~tinymlops.errors.UsageError` (wrong shape or dtype): the
@@ -24,8 +27,9 @@ the recorder's :class:`~tinymlops.observe.privacy.EpsilonBudget` (withheld when 
 ``take_window(privatize_histograms=False)`` returns the exact window instead, for a store that merges windows
 before it uploads them and privatizes at upload (:func:`tinymlops.observe.privacy.privatize`).
 
-Thread-safe: one lock around the counters and the profile's buffer; a window's sketches are
-serialized outside it.
+Thread-safe: one lock around the counters and the profile's buffer (a window closed mid-buffer
+takes the buffered rows with it); a window's sketches are serialized outside it.
+:meth:`TelemetryRecorder.snapshot` reads the open window's counts without closing it.
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ from tinymlops.observe.policy import TelemetryPolicy
 from tinymlops.observe.privacy import EpsilonBudget, privatize
 from tinymlops.observe.sketches import InputProfile
 from tinymlops.spec.telemetry import (
+    LATENCY_BUCKETS,
+    LATENCY_GAMMA,
+    LATENCY_LOW_S,
     Energy,
     HistogramPrivacy,
     LatencyBuckets,
@@ -56,6 +63,14 @@ from tinymlops.spec.telemetry import (
 )
 
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
+# serving_stats.bucket_of's constants, computed as it computes them (the spec's are held equal to its by a test)
+_LOW_S = LATENCY_LOW_S
+_INV_LOW = 1.0 / LATENCY_LOW_S
+_INV_LOG_GAMMA = 1.0 / math.log(LATENCY_GAMMA)
+_LAST = LATENCY_BUCKETS - 1
+_log = math.log
+#: a duration at or above this (infinite included) is a clock gone wrong, as NaN is (and would overflow the index)
+_ABSURD_S = 1e300
 
 
 def latency_buckets(histogram: Any) -> LatencyBuckets | None:
@@ -96,8 +111,6 @@ class TelemetryRecorder:
         timer: Callable[[], float] = time.perf_counter,
         rng: np.random.Generator | None = None,
     ) -> None:
-        from tinymlops.edge.agent.serving_stats import LatencyHistogram  # at run time: no import cycle
-
         if not isinstance(bundle_id, str) or not _HEX32.match(bundle_id):
             raise UsageError(f"bundle_id must be 32 lower-case hex digits, got {bundle_id!r:.80}")
         self.bundle_id = bundle_id
@@ -108,7 +121,6 @@ class TelemetryRecorder:
         self.clock = clock
         self.timer = timer
         self.rng = rng
-        self._histogram_type = LatencyHistogram
         self._lock = threading.Lock()
         self._output_name: str | None = self.policy.output
         self._calls = 0
@@ -137,9 +149,12 @@ class TelemetryRecorder:
 
     def _open(self, start: float) -> None:
         self._start = start
-        self._requests = 0
         self._errors = 0
-        self._latency = self._histogram_type()
+        # the latency histogram, kept inline (the hot path): LatencyHistogram's buckets, counts, min and max
+        self._counts: dict[int, int] = {}
+        self._served = 0
+        self._min = math.inf
+        self._max = 0.0
         self._joules = 0.0
         self._measured = 0
         self._energy_method: str | None = None
@@ -148,18 +163,20 @@ class TelemetryRecorder:
     # --- the hot path ---------------------------------------------------------------------------
     def __call__(self, request: Request, call_next: CallNext) -> Response:
         meter = self.meter
-        calls = self._calls
-        self._calls = calls + 1
-        measure = meter is not None and calls % self._energy_every == 0
         e0 = 0.0
-        if measure:
-            assert meter is not None
-            try:
-                e0 = meter.read()
-            except Exception:
-                self._drop_meter(meter)
-                measure = False
-        t0 = self.timer()
+        if meter is not None:
+            calls = self._calls
+            self._calls = calls + 1
+            if calls % self._energy_every:
+                meter = None  # not measured this time
+            else:
+                try:
+                    e0 = meter.read()
+                except Exception:
+                    self._drop_meter(meter)
+                    meter = None
+        timer = self.timer
+        t0 = timer()
         try:
             response = call_next(request)
         except UsageError:
@@ -168,21 +185,34 @@ class TelemetryRecorder:
             raise
         except Exception:
             with self._lock:
-                self._requests += 1
                 self._errors += 1
             raise
-        seconds = self.timer() - t0
+        seconds = timer() - t0
         joules = -1.0
-        if measure:
-            assert meter is not None
+        if meter is not None:
             try:
                 joules = meter.read() - e0
             except Exception:
                 self._drop_meter(meter)
+        # the histogram's bucket (serving_stats.bucket_of, inline; a test holds them equal)
+        if _LOW_S <= seconds < _ABSURD_S:
+            index = int(_log(seconds * _INV_LOW) * _INV_LOG_GAMMA) + 1
+            if index > _LAST:
+                index = _LAST
+        else:
+            index = 0
+            if not 0.0 <= seconds < _ABSURD_S:  # negative, NaN, infinite: a clock that went wrong, not a latency
+                seconds = 0.0
         with self._lock:
-            self._requests += 1
-            self._latency.add(seconds)
-            if joules >= 0.0 and meter is not None:
+            counts = self._counts
+            counts[index] = counts.get(index, 0) + 1
+            self._served += 1
+            if seconds < self._min:
+                self._min = seconds
+            if seconds > self._max:
+                self._max = seconds
+            if joules >= 0.0:
+                assert meter is not None
                 self._joules += joules
                 self._measured += 1
                 self._energy_method = meter.method
@@ -190,7 +220,8 @@ class TelemetryRecorder:
             if profile is not None:
                 try:
                     profile.add(request.inputs)
-                    scores = self._scores(response.outputs)
+                    name = self._output_name
+                    scores = response.outputs[name] if name is not None else self._scores(response.outputs)
                     if scores is not None:
                         profile.observe(scores)
                 except Exception:
@@ -204,9 +235,7 @@ class TelemetryRecorder:
                 self.meter = None
 
     def _scores(self, outputs: Mapping[str, Any]) -> Any:
-        name = self._output_name
-        if name is not None:
-            return outputs[name]
+        """The first output that looks like scores or labels (remembered), or None."""
         for key, value in outputs.items():  # the first output that looks like scores or labels
             if isinstance(value, np.ndarray) and (
                 (value.dtype.kind == "f" and value.ndim == 2) or (value.dtype.kind in "iu" and value.ndim == 1)
@@ -222,8 +251,13 @@ class TelemetryRecorder:
 
     def snapshot(self) -> tuple[int, int, Any]:
         """The open window so far, without closing it: (requests, errors, a copy of its latency histogram)."""
+        from tinymlops.edge.agent.serving_stats import LatencyHistogram  # at run time: no import cycle
+
+        histogram = LatencyHistogram()
         with self._lock:
-            return self._requests, self._errors, self._latency.copy()
+            histogram._counts = dict(self._counts)
+            histogram.count, histogram.min, histogram.max = self._served, self._min, self._max
+            return self._served + self._errors, self._errors, histogram
 
     def take_window(self, at: float | None = None, *, privatize_histograms: bool = True) -> TelemetryWindow | None:
         """Close the open window at ``at`` (default: the clock), open the next one there, and return
@@ -231,10 +265,12 @@ class TelemetryRecorder:
         with self._lock:
             end = self._now() if at is None else at
             end = end if end >= self._start else self._start  # a clock set back never ends a window early
-            start, requests, errors = self._start, self._requests, self._errors
-            latency, joules, measured, profile = self._latency, self._joules, self._measured, self._profile
+            start, served, errors = self._start, self._served, self._errors
+            counts, low, high = self._counts, self._min, self._max
+            joules, measured, profile = self._joules, self._measured, self._profile
             method = self._energy_method
             self._open(end)
+        requests = served + errors
         if requests == 0:
             return None
         memory = peak_rss_bytes() or None
@@ -246,7 +282,7 @@ class TelemetryRecorder:
         performance = Performance(
             requests=requests,
             errors=errors,
-            latency=latency_buckets(latency),
+            latency=LatencyBuckets(buckets=tuple(sorted(counts.items())), min_s=low, max_s=high) if served else None,
             peak_memory_bytes=memory,
             energy=energy,
         )

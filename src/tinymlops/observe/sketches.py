@@ -7,8 +7,10 @@ variance (population: ``M2 / count``), min, max — plus the predicted-class and
 histograms of the outputs. What a feature is, for an input row of shape ``S`` (the input without
 its batch axis):
 
-* ``S = ()`` or ``S = (F,)`` with ``F <= max_features``: every element is a feature (``element``);
-* ``S = (C, d1, d2, …)`` with ``C <= max_features``: every **channel** is a feature — the slice
+* at most ``max_features`` values per row (a vector, or a tensor as small as an 8×8 image): every
+  element of the flattened row is a feature (``element``) — a pixel that drifts is named, not
+  averaged away in its channel's mean;
+* ``S = (C, d1, d2, …)`` with more values but ``C <= max_features``: every **channel** is a feature — the slice
   along axis 1 of the batched input, averaged over the remaining (spatial) axes (``channel``);
   axis 1 is the channel axis as in ONNX's NCHW layout;
 * otherwise (more than ``max_features`` elements or channels): no per-element features, only the
@@ -29,12 +31,14 @@ the argmax, the confidence the largest probability (scores that are not already 
 are softmaxed; ``outputs`` says which, ``auto`` decides on the first batch) — or integer labels
 ``[batch]`` (classes only). Confidence goes into ``CONFIDENCE_BINS`` equal bins over [0, 1].
 
-**Cost.** :meth:`add` and :meth:`observe` only copy rows into a buffer; every ``buffer_rows``
-rows (at most ``buffer_bytes``) the buffer is reduced at once: one matrix product for the
-projection, vectorized moments merged with Chan's formula, and one ``update`` of a
-``vector_of_kll_floats_sketches`` with the whole block. The cost per row is then a few
-nanoseconds per sketched value (DataSketches' amortized update), paid on one call in
-``buffer_rows``.
+**Cost.** :meth:`add` and :meth:`observe` only copy rows into a buffer shaped like the rows (a
+batch of one row of the shape and dtype seen before takes a short path: one comparison and one
+copy); every ``buffer_rows`` rows (at most ``buffer_bytes``) the buffer is reduced at once: one
+matrix product for the projection, vectorized moments merged with Chan's formula, and one
+``update`` of a ``vector_of_kll_floats_sketches`` with the whole block — each feature's block
+sorted first (descending): a KLL sketch's error bound holds for any order of its stream, and it
+takes a sorted run about twice as fast (~20 ns per value instead of ~42 here, the sort included).
+The minimum and maximum are then the block's first and last rows.
 
 **Merging.** :meth:`merge` is exact as the library defines it: the sketches merge (DataSketches
 KLL merge: the result has the error bound of a single sketch over the union), moments combine with
@@ -122,11 +126,10 @@ class Layout:
         size = math.prod(row_shape)
         if size < 1:
             raise UsageError(f"an input row of shape {row_shape} has no values to profile")
+        if size <= max_features:  # a small input (a vector, an 8×8 image): every value is a feature
+            return cls("element", size, size, row_shape)
         if len(row_shape) <= 1:
-            count = size
-            return cls(
-                "element" if count <= max_features else "none", count if count <= max_features else 0, size, row_shape
-            )
+            return cls("none", 0, size, row_shape)
         channels = row_shape[0]
         if channels <= max_features:
             return cls("channel", channels, size, row_shape)
@@ -187,23 +190,27 @@ class InputProfile:
         self._min = self._max = np.zeros(0)
         self._buf: np.ndarray | None = None
         self._fill = 0
-        self._fast_key: tuple[Any, ...] | None = None  # (row shape, dtype) of the rows the buffer takes as they are
+        self._fast_shape: tuple[int, ...] | None = None  # (1, *row shape) of the rows the buffer takes as they are
+        self._fast_dtype: np.dtype[Any] | None = None
         self.n_classes = classes
         self._classes = np.zeros(classes or 0, np.int64)
         self._confidence: np.ndarray | None = None  # None until scores are seen: labels carry no confidence
         self._scores: np.ndarray | None = None
         self._score_fill = 0
         self._score_kind: str | None = None if outputs == "auto" else outputs
+        self._score_shape: tuple[int, ...] | None = None  # (1, classes) of the scores the buffer takes as they are
+        self._score_dtype: np.dtype[Any] | None = None
 
     # --- the stream ----------------------------------------------------------------------------
     def add(self, inputs: Any) -> None:
         """Profile a batch of inputs (axis 0 is the batch; a 0-d array is one row of one value)."""
         x = inputs if type(inputs) is np.ndarray else np.asarray(inputs)
-        buf = self._buf
-        if buf is not None and x.shape[0] == 1 and (x.shape[1:], x.dtype) == self._fast_key:
-            # the hot path: one more row like the previous ones — a copy into the buffer
+        if x.shape == self._fast_shape and x.dtype is self._fast_dtype:
+            # the hot path: one more row like the previous ones — a copy into the buffer (shaped like the rows)
             fill = self._fill
-            buf[fill] = x.reshape(-1)
+            buf = self._buf
+            assert buf is not None
+            buf[fill] = x
             self._fill = fill = fill + 1
             if fill == buf.shape[0]:
                 self._flush_inputs()
@@ -223,16 +230,16 @@ class InputProfile:
             )
         if self.layout.row_shape is None:
             self.layout = Layout(self.layout.mode, self.layout.features, self.layout.input_size, row_shape)
-        flat = x.reshape(rows, -1)
-        self._fast_key = (x.shape[1:], x.dtype)
+        if self._buf is None:
+            size = max(1, min(self.buffer_rows, self.buffer_bytes // (4 * self.layout.input_size)))
+            self._buf = np.empty((size, *(row_shape or (1,))), np.float32)
+        # rows the buffer takes as they are from now on: batches of one, of this (row shape, dtype)
+        self._fast_shape, self._fast_dtype = (1, *self._buf.shape[1:]), x.dtype
+        x = x.reshape(rows, *self._buf.shape[1:])
         done = 0
         while done < rows:
-            if self._buf is None:
-                per_row = 4 * self.layout.input_size
-                size = max(1, min(self.buffer_rows, self.buffer_bytes // per_row))
-                self._buf = np.empty((size, self.layout.input_size), np.float32)
             take = min(rows - done, self._buf.shape[0] - self._fill)
-            self._buf[self._fill : self._fill + take] = flat[done : done + take]
+            self._buf[self._fill : self._fill + take] = x[done : done + take]
             self._fill += take
             done += take
             if self._fill == self._buf.shape[0]:
@@ -241,10 +248,11 @@ class InputProfile:
     def observe(self, outputs: Any) -> None:
         """Count a batch of outputs: class scores ``[batch, classes]`` or integer labels ``[batch]``."""
         y = outputs if type(outputs) is np.ndarray else np.asarray(outputs)
-        scores = self._scores
-        if scores is not None and y.shape == (1, scores.shape[1]) and y.dtype.kind == "f":
-            fill = self._score_fill  # the hot path: one more row of scores
-            scores[fill] = y[0]
+        if y.shape == self._score_shape and y.dtype is self._score_dtype:
+            scores = self._scores  # the hot path: one more row of scores like the previous ones
+            assert scores is not None
+            fill = self._score_fill
+            scores[fill] = y
             self._score_fill = fill = fill + 1
             if fill == scores.shape[0]:
                 self._flush_scores()
@@ -273,6 +281,7 @@ class InputProfile:
             self._scores = np.empty(
                 (max(1, min(self.buffer_rows, self.buffer_bytes // (4 * y.shape[1]))), y.shape[1]), np.float32
             )
+        self._score_shape, self._score_dtype = (1, y.shape[1]), y.dtype
         done = 0
         while done < y.shape[0]:
             take = min(y.shape[0] - done, self._scores.shape[0] - self._score_fill)
@@ -320,21 +329,25 @@ class InputProfile:
     def _flush_inputs(self) -> None:
         if self._fill == 0 or self._buf is None:
             return
-        block = self._buf[: self._fill]
+        block = self._buf[: self._fill].reshape(self._fill, -1)
         self._fill = 0
         if not self.n_features:
             self.rows += block.shape[0]
             return
         values = self._values(block)
         self.rows += values.shape[0]
-        finite = np.isfinite(values)
-        if finite.all():
+        # Each feature's block in descending order (NaN first, then +inf, …, -inf): a KLL sketch's error
+        # bound holds for any order of its stream, and it takes a sorted run about twice as fast (its
+        # level-0 compaction sorts what it holds, and items fill level 0 from the top down).
+        values = np.sort(values, axis=0)[::-1]
+        if np.isfinite(values[0]).all() and np.isfinite(values[-1]).all():  # the extremes of every column
             n_b = np.full(values.shape[1], values.shape[0], np.int64)
             mean_b = values.mean(axis=0, dtype=np.float64)
             m2_b = np.square(values - mean_b).sum(axis=0, dtype=np.float64)
-            min_b, max_b = values.min(axis=0), values.max(axis=0)
+            min_b, max_b = values[-1], values[0]
             sketched = values
         else:
+            finite = np.isfinite(values)
             n_b = finite.sum(axis=0)
             self._nonfinite += values.shape[0] - n_b
             masked = np.where(finite, values, 0.0).astype(np.float64)

@@ -15,7 +15,11 @@ the TUF repository in one commit, and record what the devices report back.
    every active device carrying ``tags`` (every active device when no tags either). A revoked device
    named is a :class:`ConflictError`; no device left to release to, a :class:`NotFoundError`.
 3. **build** — one bundle per device, its content key wrapped to the device's X25519 key,
-   written to ``<workspace>/releases/<release id>/<device id>.tmlb``. A device whose profile no
+   written to ``<workspace>/releases/<release id>/<device id>.tmlb``. Every bundle carries a
+   telemetry policy (:mod:`tinymlops.release.telemetry`: enabled unless ``telemetry`` turns it
+   off, with the reference profile's sketch settings and the model's class count); it is checked
+   before anything is built, and recorded with each assignment (``selection["telemetry"]``) and on
+   the release (:attr:`ReleaseRecord.telemetry`). A device whose profile no
    variant fits (or that has no profile in the workspace's catalog) is *skipped* with the reason,
    never fatal; it keeps whatever was published for it before.
 4. **publish** — every bundle in ONE :meth:`UpdateRepository.edit
@@ -85,6 +89,7 @@ from tinymlops.release.schema import (
     ReleaseRow,
     RolloutRow,
 )
+from tinymlops.release.telemetry import common_table, telemetry_table
 from tinymlops.spec.context import DeviceContext
 from tinymlops.spec.health_report import HealthReport
 from tinymlops.spec.install_report import InstallReport
@@ -178,6 +183,12 @@ class Assignment:
     published_at: datetime | None = None  # when its bundle was offered (None: its stage is not reached yet)
     withdrawn_at: datetime | None = None  # when a rollback took it back
 
+    @property
+    def telemetry(self) -> dict[str, Any] | None:
+        """The telemetry table its bundle's manifest carries (None: skipped, or released before bundles had one)."""
+        table = self.selection.get("telemetry")
+        return dict(table) if isinstance(table, Mapping) else None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "device_id": self.device_id,
@@ -216,6 +227,8 @@ class ReleaseRecord:
     rollout: dict[str, Any] | None = None
     #: only devices of these profiles were targeted (empty: any profile)
     profiles: tuple[str, ...] = ()
+    #: the telemetry policy its bundles carry (what they all say alike; None: no bundle recorded one)
+    telemetry: dict[str, Any] | None = None
 
     @property
     def published(self) -> list[Assignment]:
@@ -248,6 +261,7 @@ class ReleaseRecord:
             "published": len(self.published),
             "skipped": len(self.skipped),
             "rollout": self.rollout,
+            "telemetry": self.telemetry,
         }
         if assignments:
             out["assignments"] = [a.to_dict() for a in self.assignments]
@@ -413,6 +427,7 @@ class ReleaseService:
         explicit_ref: str | None,
         candidates: list[Candidate],
         out_dir: Path,
+        telemetry: Callable[[str], dict[str, Any]],
     ) -> _Planned:
         plan = _Planned(device, device.profile_name, "skipped")
         try:
@@ -441,9 +456,15 @@ class ReleaseService:
                 "context": context.to_dict(),
             }
         path = out_dir / f"{device.id}{BUNDLE_SUFFIX}"
+        table = telemetry(plan.ref)
         try:
             built = build_bundle(
-                self.workspace, plan.ref, target=profile.name, device_public_key=device.wrapping_public, out=path
+                self.workspace,
+                plan.ref,
+                target=profile.name,
+                device_public_key=device.wrapping_public,
+                out=path,
+                policies={"telemetry": table},
             )
         except TargetNotFoundError:
             plan.reason = (
@@ -455,6 +476,7 @@ class ReleaseService:
             plan.reason = f"{plan.ref} cannot run on {profile.name}: {exc.message}"
             return plan
         plan.status = "published"
+        plan.selection["telemetry"] = table
         plan.path = built.path
         plan.bundle_id = built.manifest.bundle_id
         plan.sha256 = built.sha256
@@ -471,11 +493,15 @@ class ReleaseService:
         urgent: bool = False,
         created_by: str = "",
         plan: RolloutPlan | Mapping[str, Any] | None = None,
+        telemetry: Mapping[str, Any] | None = None,
     ) -> ReleaseRecord:
         """Select, build and publish a release (see the module docstring); returns it as recorded.
 
         With a rollout ``plan`` only the first stage's devices are published to now; the rest follow
-        stage by stage (:mod:`tinymlops.release.rollouts`). Without one, every device at once."""
+        stage by stage (:mod:`tinymlops.release.rollouts`). Without one, every device at once.
+        ``telemetry`` sets the bundles' telemetry policy (:mod:`tinymlops.release.telemetry`:
+        ``enabled``, ``inputs``, ``privacy``; None: the default — on, inputs profiled, exact
+        histograms); a bad value is a SpecError naming it, raised before anything is built."""
         if not isinstance(urgent, bool):
             raise UsageError(f"urgent must be true or false, got {urgent!r}")
         tag_list = sorted(set(tags))
@@ -490,6 +516,14 @@ class ReleaseService:
         profile_list = sorted(set(profiles))
         targets = self._targets(devices, tag_list, profile_list)
         rollout_plan = _rollout_plan(plan)
+        telemetry_table(telemetry)  # checked before any bundle is built (the per-model tables are checked again)
+        tables: dict[str, dict[str, Any]] = {}
+
+        def table_for(ref: str) -> dict[str, Any]:
+            if ref not in tables:
+                tables[ref] = telemetry_table(telemetry, registry.resolve(ref).info.outputs)
+            return tables[ref]
+
         with self._sessions() as session:
             busy = self.rollouts.busy_devices(session, [d.id for d in targets])
         if busy:
@@ -507,7 +541,10 @@ class ReleaseService:
         except OSError as exc:
             raise StoreError(f"{out_dir}: cannot create the release directory: {exc.strerror or exc}") from exc
         try:
-            plans = [self._plan(d, explicit_ref=explicit_ref, candidates=candidates, out_dir=out_dir) for d in targets]
+            plans = [
+                self._plan(d, explicit_ref=explicit_ref, candidates=candidates, out_dir=out_dir, telemetry=table_for)
+                for d in targets
+            ]
             published = [p for p in plans if p.status == "published"]
             now = self._now()
             with self._sessions() as session:
@@ -589,6 +626,7 @@ class ReleaseService:
             ).all():
                 deployments[row.device_id] = _deployment(row)
         by_release: dict[str, list[Assignment]] = {i: [] for i in ids}
+        shipped: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
         for a in assignment_rows:
             by_release[a.release_id].append(
                 Assignment(
@@ -610,6 +648,9 @@ class ReleaseService:
                     withdrawn_at=aware(a.withdrawn_at),
                 )
             )
+            table = by_release[a.release_id][-1].telemetry
+            if a.status == "published" and table is not None:
+                shipped[a.release_id].append(table)
         rollouts = {
             row.release_id: {
                 "status": row.status,
@@ -639,6 +680,7 @@ class ReleaseService:
                     snapshot_version=r.snapshot_version,
                     assignments=tuple(by_release[r.id]),
                     rollout=rollouts.get(r.id),
+                    telemetry=common_table(shipped[r.id]),
                 )
             )
         return out

@@ -85,6 +85,28 @@ class RolloutPlanIn(BaseModel):
     stages: list[RolloutStageIn] = Field(min_length=1, max_length=MAX_STAGES)
 
 
+class TelemetryPrivacyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    classes_epsilon: float | None = Field(None, description="Randomized response on the class histogram (null: exact).")
+    confidence_epsilon: float | None = Field(
+        None, description="Discrete Laplace on the confidence histogram (null: exact)."
+    )
+    window_epsilon: float | None = Field(None, description="The device's cap per window (null: its default, 4).")
+    day_epsilon: float | None = Field(None, description="The device's cap in any 24 hours (null: its default, 24).")
+
+
+class TelemetryIn(BaseModel):
+    """The telemetry policy the release's bundles carry (tinymlops.release.telemetry); values are
+    checked as the device will check them (400 naming the key)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: StrictBool = Field(True, description="false: devices record no telemetry for these bundles.")
+    inputs: StrictBool = Field(True, description="false: performance only (no input sketches or histograms).")
+    privacy: TelemetryPrivacyIn | None = Field(None, description="Local differential privacy on the histograms.")
+
+
 class ReleaseCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -107,6 +129,11 @@ class ReleaseCreate(BaseModel):
     plan: RolloutPlanIn | None = Field(
         None,
         description="Roll out in stages (tinymlops.spec.rollout); without a plan every device gets it at once.",
+    )
+    telemetry: TelemetryIn | None = Field(
+        None,
+        description="The bundles' telemetry policy; null: the default (on, inputs profiled with the reference "
+        "profile's settings, exact histograms).",
     )
 
 
@@ -246,6 +273,9 @@ class ReleaseSummaryOut(BaseModel):
     published: int
     skipped: int
     rollout: RolloutSummaryOut | None
+    telemetry: dict[str, Any] | None = Field(
+        None, description="The telemetry policy table its bundles carry (null: none recorded)."
+    )
 
     @classmethod
     def of(cls, r: ReleaseRecord) -> ReleaseSummaryOut:
@@ -271,6 +301,7 @@ def create_release(body: ReleaseCreate, services: ServicesDep, key: ReleaseKey) 
         urgent=body.urgent,
         created_by=f"api-key:{key.id}",
         plan=None if body.plan is None else body.plan.model_dump(),
+        telemetry=None if body.telemetry is None else body.telemetry.model_dump(exclude_none=True),
     )
     return ReleaseOut.of(record)
 
