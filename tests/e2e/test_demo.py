@@ -74,6 +74,17 @@ def test_demo_runs_end_to_end(tmp_path) -> None:
     assert 1 <= len(canaries) <= 3 and all("installed" in d["broken_release"] for d in canaries), canaries
     assert all(d["broken_release"] in ("never offered", "-") for d in fleet if d not in canaries)
     assert out["fleet"]["dashboard_url"].endswith("/dashboard")
+    # drift: site-south saw three pixels shifted; the server names exactly them, there only, from sketches
+    drift = out["fleet"]["drift"]
+    assert drift["shifted_site"] == "site-south"
+    assert drift["shifted_features"] == ["element:19", "element:20", "element:44"]
+    cohorts = {c["label"]: c for c in drift["cohorts"]}
+    assert sorted(cohorts["tag=site-south"]["drifted_features"]) == drift["shifted_features"]
+    assert cohorts["tag=site-south"]["verdict"] == "drift" and cohorts["tag=site-south"]["devices"] == 5
+    assert cohorts["tag=site-north"]["drifted_features"] == [] and cohorts["tag=site-north"]["verdict"] == "no_drift"
+    assert drift["uploads"]["windows"] >= 10 and drift["uploads"]["refused"] == 0
+    assert drift["audit"]["rows_checked"] == 10 * 450 and drift["audit"]["rows_found"] == 0
+    assert drift["audit"]["windows"] >= 10
 
     # the human-readable run reuses the workspace (a new base version); --serve keeps the
     # control plane up afterwards until interrupted

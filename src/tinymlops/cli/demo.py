@@ -136,6 +136,32 @@ def demo_cmd(
                     for t in run.transitions
                 ],
             )
+        if fleet.drift is not None:
+            drift = fleet.drift
+            table(
+                f"Drift: {drift.shifted_site} sees pixels {', '.join(drift.shifted_features)} shifted; "
+                "what the server found from the devices' sketches",
+                ["cohort", "verdict", "devices", "rows", "drifted input features", "derived", "prediction drift"],
+                [
+                    [
+                        c.label,
+                        c.verdict,
+                        c.devices,
+                        c.rows,
+                        ", ".join(c.drifted_features) or "-",
+                        len(c.drifted_derived) or "-",
+                        ", ".join(c.prediction_drift) or "-",
+                    ]
+                    for c in drift.cohorts
+                ],
+            )
+            a = drift.audit
+            console.print(
+                f"No raw input left a device: {a['windows']} uploaded windows ({a['bytes']:,} bytes) searched for the "
+                f"{a['rows_checked']:,} input rows served — {a['rows_found']} found.  Report: "
+                f"tinymlops drift report digits-cnn --since {_iso(drift.since)} -w {result.workspace}",
+                highlight=False,
+            )
         console.print(
             f"Dashboard: {fleet.dashboard_url}  (log in with the demo operator key: {fleet.api_key})", highlight=False
         )
@@ -144,10 +170,21 @@ def demo_cmd(
                 f"  rollout of {run.requested}: {fleet.dashboard_url}/releases/{run.release_id}", highlight=False
             )
         console.print(f"  latency by device class: {fleet.dashboard_url}/latency", highlight=False)
+        if fleet.drift is not None:
+            console.print(f"  drift by site: {fleet.drift.dashboard_url}?by=tag", highlight=False)
+            console.print(f"  telemetry by device class: {fleet.dashboard_url}/telemetry", highlight=False)
     console.print(f"Workspace: {result.workspace}  (try: tinymlops model lineage digits-cnn -w {result.workspace})")
     ws.close()
     if serve:
         _serve(result)
+
+
+def _iso(ts: float) -> str:
+    """``ts`` to the millisecond, rounded up: the windows closed just before it stay out of the range."""
+    import math
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(math.ceil(ts * 1000) / 1000, UTC).isoformat(timespec="milliseconds")
 
 
 def _serve(result: Any) -> None:

@@ -33,10 +33,12 @@ from typing import Any
 import numpy as np
 
 from tinymlops.access.service import ApiKeyService
+from tinymlops.demo.drift import DriftResult, run_drift, site_of
 from tinymlops.edge.agent.loop import Agent, AgentConfig
 from tinymlops.edge.agent.remote import Connection, connect
 from tinymlops.edge.backends import open_backend
 from tinymlops.errors import OperationError, TinyMLOpsError
+from tinymlops.observe.upload_policy import UploadPolicy
 from tinymlops.server.background import BackgroundServer
 from tinymlops.workspace import Workspace
 
@@ -44,8 +46,13 @@ from tinymlops.workspace import Workspace
 #: no variant for it, and the release says so instead of failing)
 FLEET_PROFILES = ("x86-edge-server", "rpi-4", "rpi-zero-2w", "android-nnapi-phone", "jetson-orin-nano", "mcu-cortex-m7")
 DEVICES_PER_PROFILE = 2
-#: polls fast and reports health every cycle: the demo drives the agents one cycle at a time
-DEMO_AGENT = AgentConfig(poll_interval=0.5, poll_jitter=0.1, backoff_base=0.1, backoff_cap=1.0, health_interval=0.0)
+#: polls fast and reports health every cycle: the demo drives the agents one cycle at a time; telemetry
+#: windows close when the demo says (flush_telemetry), not on a timer
+DEMO_AGENT = AgentConfig(
+    poll_interval=0.5, poll_jitter=0.1, backoff_base=0.1, backoff_cap=1.0, health_interval=0.0, telemetry_interval=3600
+)
+#: the demo devices' owners consented to telemetry, on any network
+DEMO_UPLOADS = UploadPolicy(consent=True, wifi_only=False)
 #: digits each device classifies per round (one at a time, as a device would)
 DIGITS_PER_ROUND = 60
 MAX_ROUNDS = 30
@@ -114,6 +121,7 @@ class FleetResult:
     rollouts: list[RolloutRun] = field(default_factory=list)
     dashboard_url: str = ""
     api_key: str = ""  # the demo operator's key (admin): log in to the dashboard with it
+    drift: DriftResult | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -122,12 +130,14 @@ class FleetResult:
             "release_id": self.release_id,
             "devices": [d.to_dict() for d in self.devices],
             "rollouts": [r.to_dict() for r in self.rollouts],
+            "drift": None if self.drift is None else self.drift.to_dict(),
         }
 
 
 @dataclass
 class _Device:
     profile: str
+    site: str
     conn: Connection
     agent: Agent
     installs: list[Any] = field(default_factory=list)
@@ -251,16 +261,25 @@ def run_fleet(
         http = _http(server.url, admin_key)
         devices: list[_Device] = []
         for n, profile in enumerate(p for p in FLEET_PROFILES for _ in range(DEVICES_PER_PROFILE)):
+            site = site_of(n)
             token = _ok(
-                http.post("/v1/admin/enrolment-tokens", json={"ttl_s": 600, "profile": profile}), "enrolment token"
+                http.post("/v1/admin/enrolment-tokens", json={"ttl_s": 600, "profile": profile, "tags": [site]}),
+                "enrolment token",
             )["token"]
             conn = connect(
-                server.url, _fresh(fleet_dir / f"device-{n:02d}-{profile}"), enrolment_token=token, profile=profile
+                server.url,
+                _fresh(fleet_dir / f"device-{n:02d}-{profile}"),
+                enrolment_token=token,
+                profile=profile,
+                upload_policy=DEMO_UPLOADS,
             )
             agent = conn.agent(config=DEMO_AGENT)
             agent.start()
-            devices.append(_Device(profile, conn, agent))
-        say(f"{len(devices)} devices enrolled ({DEVICES_PER_PROFILE} per profile: {', '.join(FLEET_PROFILES)})")
+            devices.append(_Device(profile, site, conn, agent))
+        say(
+            f"{len(devices)} devices enrolled ({DEVICES_PER_PROFILE} per profile: {', '.join(FLEET_PROFILES)}; "
+            "one of each at site-north, one at site-south)"
+        )
 
         release, good = _roll_out(http, devices, model, x01, plan=rollout_plan(), say=say)
         if good.status != "completed":
@@ -307,15 +326,9 @@ def run_fleet(
                 source="tinymlops demo: the digits CNN re-exported with a fixed batch of 2 (a deliberate export bug)",
             )
             say(f"registered {v2.ref}: the same network with its batch size baked in (deliberately broken)")
-            import onnxruntime
-
-            onnxruntime.set_default_logger_severity(4)  # the canary's failures are expected: the agents report them
-            try:
-                broken_release, broken = _roll_out(
-                    http, devices, v2.ref, x01, plan=rollout_plan(max_error_rate=0.05), say=say
-                )
-            finally:
-                onnxruntime.set_default_logger_severity(2)
+            broken_release, broken = _roll_out(
+                http, devices, v2.ref, x01, plan=rollout_plan(max_error_rate=0.05), say=say
+            )
             rollouts.append(broken)
             if broken.status != "rolled_back":
                 raise OperationError(f"the broken release {broken.release_id} was not rolled back: {broken.status}")
@@ -330,12 +343,15 @@ def run_fleet(
                     preds, errors = _classify(d.agent, x01)
                     if errors or float((preds == y).mean()) != r.accuracy:
                         raise OperationError(f"device {r.device_id} does not classify as before after the rollback")
+        drift = run_drift(
+            http, devices, model, x01, engine=ws.engine, server_url=server.url, classify=_classify, say=say
+        )
         dashboard_url = f"{server.url}/dashboard"
         say(f"dashboard: {dashboard_url} (log in with the demo operator's API key)")
         for d in devices:
             d.agent.close()
         http.close()
-        return FleetResult(server.url, release["id"], results, rollouts, dashboard_url, admin_key)
+        return FleetResult(server.url, release["id"], results, rollouts, dashboard_url, admin_key, drift)
 
 
 def _fresh(path: Path) -> Path:
