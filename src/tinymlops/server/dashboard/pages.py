@@ -17,7 +17,13 @@ from tinymlops.server.dashboard.charts import Bar, Group, fmt_value, grouped_bar
 from tinymlops.server.dashboard.views import WINDOWS, DeviceRow, FleetOverview, LatencyView, ModelLineage
 
 BASE = "/dashboard"
-NAV = (("Fleet", ""), ("Releases", "/releases"), ("Latency", "/latency"))
+NAV = (
+    ("Fleet", ""),
+    ("Releases", "/releases"),
+    ("Latency", "/latency"),
+    ("Telemetry", "/telemetry"),
+    ("Drift", "/drift"),
+)
 
 
 def esc(value: object) -> str:
@@ -154,6 +160,8 @@ def lineage_page(view: ModelLineage, who: str) -> str:
     body = (
         f'<p><a href="{BASE}">← Fleet</a></p>'
         f'<h2>Model <span id="model-name">{esc(m.name)}</span></h2>'
+        f'<p><a id="drift-link" href="{BASE}/models/{quote(m.name, safe="")}/drift">Drift of its inputs and '
+        "predictions across the fleet</a></p>"
         f'<p class="description">{esc(m.description)}</p>'
         f'<dl class="summary"><dt>versions</dt><dd id="versions">{m.versions}</dd>'
         f'<dt>variants</dt><dd id="variants">{m.variants}</dd>'

@@ -1,5 +1,7 @@
 """The web dashboard (HTML): log in with an API key of scope ``read`` or higher, then the fleet
-overview, each model's lineage, the releases and their rollouts, and latency per device class.
+overview, each model's lineage, the releases and their rollouts, latency per device class, the
+fleet's telemetry per device class (``/dashboard/telemetry``) and each model's drift
+(``/dashboard/drift``, ``/dashboard/models/{name}/drift``).
 Read-only pages need a login; nothing is writable without the ``admin`` scope.
 
 The session cookie is opaque (:mod:`tinymlops.server.dashboard.sessions`), HttpOnly and
@@ -30,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from tinymlops.access.scopes import Scope
 from tinymlops.errors import AccessDeniedError, AuthenticationError, ConflictError, InvalidInputError, NotFoundError
 from tinymlops.registry.refs import NAME
-from tinymlops.server.dashboard import forms, pages, pages_release, views, views_release
+from tinymlops.server.dashboard import forms, pages, pages_drift, pages_release, views, views_drift, views_release
 from tinymlops.server.dashboard.sessions import COOKIE_NAME, DashboardSession, SessionStore
 from tinymlops.server.deps import Services, ServicesDep
 
@@ -220,6 +222,55 @@ def latency(request: Request, services: ServicesDep, window: Annotated[str | Non
     except InvalidInputError as exc:
         return _html(pages.error_page(400, str(exc), _who(session)), 400)
     return _html(pages.latency_page(view, _who(session)))
+
+
+@router.get("/telemetry", response_class=HTMLResponse)
+def telemetry(request: Request, services: ServicesDep, window: Annotated[str | None, Query()] = None) -> Response:
+    session = _session(request, services)
+    if session is None:
+        return _to_login()
+    try:
+        view = views_drift.telemetry_view(services.workspace.engine, window)
+    except InvalidInputError as exc:
+        return _html(pages.error_page(400, str(exc), _who(session)), 400)
+    return _html(pages_drift.telemetry_page(view, _who(session)))
+
+
+@router.get("/drift", response_class=HTMLResponse)
+def drift_index(request: Request, services: ServicesDep) -> Response:
+    session = _session(request, services)
+    if session is None:
+        return _to_login()
+    models = views_drift.models_with_telemetry(services.workspace.engine)
+    return _html(pages_drift.drift_index_page(models, _who(session)))
+
+
+@router.get("/models/{name}/drift", response_class=HTMLResponse)
+def model_drift(
+    name: ModelName,
+    request: Request,
+    services: ServicesDep,
+    window: Annotated[str | None, Query(max_length=16)] = None,
+    by: Annotated[str | None, Query(max_length=16)] = None,
+    version: Annotated[str | None, Query(max_length=12)] = None,
+    feature: Annotated[str | None, Query(max_length=views_drift.MAX_FEATURE_CHARS)] = None,
+    cohort: Annotated[str | None, Query(max_length=views_drift.MAX_COHORT_CHARS)] = None,
+) -> Response:
+    """One model's drift (:mod:`~tinymlops.server.dashboard.views_drift`): 400 for a bad query,
+    404 for an unknown model, version, cohort or feature; an empty state when there is no
+    reference profile or no telemetry in the window."""
+    session = _session(request, services)
+    if session is None:
+        return _to_login()
+    who = _who(session)
+    try:
+        query = views_drift.DriftQuery.parse(window=window, by=by, version=version, feature=feature, cohort=cohort)
+        view = views_drift.drift_view(services.workspace, name, query)
+    except InvalidInputError as exc:
+        return _html(pages.error_page(400, exc.message, who), 400)
+    except NotFoundError as exc:
+        return _html(pages.error_page(404, exc.message, who), 404)
+    return _html(pages_drift.drift_page(view, who))
 
 
 # --- the one write: rollout actions (admin, CSRF token) -------------------------------------------
