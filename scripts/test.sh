@@ -11,4 +11,4 @@ echo "== PostgreSQL"
 TINYMLOPS_TEST_PG_URL="$(scripts/postgres.sh start)"
 export TINYMLOPS_TEST_PG_URL
 echo "== pytest"
-python -m pytest -q -p no:cacheprovider "$@"
+python -m pytest -q -p no:cacheprovider --durations=30 "$@"

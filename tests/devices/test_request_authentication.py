@@ -5,7 +5,6 @@ request sent from many threads at once is accepted exactly once."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
@@ -17,9 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
+from enrolled_devices import enrol_device
 from tinymlops.crypto.keys import DeviceKeys
-from tinymlops.devices.client import enrolment_body
-from tinymlops.devices.enrolment import EnrolmentService
 from tinymlops.devices.request_auth import ReceivedRequest, sign_request
 from tinymlops.devices.schema import DeviceNonceRow, DeviceRow
 from tinymlops.devices.service import DeviceService
@@ -36,23 +34,7 @@ TARGET = "/v1/tuf/metadata/timestamp.json"
 
 def enrol(ws: Any, n: int) -> list[DeviceKeys]:
     """``n`` devices enrolled the way the server does it (a signed enrolment request)."""
-    enrolment = EnrolmentService(ws.engine, ws.targets.get)
-    out = []
-    for _ in range(n):
-        keys = DeviceKeys.generate()
-        _, token = enrolment.create_token(ttl_s=600)
-        body = json.dumps(enrolment_body(keys, token, "rpi-4")).encode()
-        auth = sign_request(keys.signing, "POST", "/v1/devices/enrol", body)
-        doc = json.loads(body)
-        enrolment.enrol(
-            token=doc["token"],
-            signing_public=doc["signing_public"],
-            wrapping_public=doc["wrapping_public"],
-            profile=doc["profile"],
-            request=ReceivedRequest("POST", "/v1/devices/enrol", body, tuple(auth.headers().items())),
-        )
-        out.append(keys)
-    return out
+    return [enrol_device(ws) for _ in range(n)]
 
 
 def signed(keys: DeviceKeys, target: str = TARGET, *, method: str = "GET", body: bytes = b"", **kw: Any) -> Any:

@@ -18,7 +18,6 @@ Server and CLI tests import it as ``observe.telemetry_rows``.
 from __future__ import annotations
 
 import io
-import json
 import secrets
 import time
 from collections.abc import Sequence
@@ -28,9 +27,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from enrolled_devices import enrol_device
 from tinymlops.crypto.keys import DeviceKeys
-from tinymlops.devices.enrolment import EnrolmentService
-from tinymlops.devices.request_auth import ReceivedRequest, sign_request
 from tinymlops.edge.middleware import Request, Response
 from tinymlops.observe.policy import TelemetryPolicy
 from tinymlops.observe.privacy import PrivacyPolicy
@@ -101,25 +99,7 @@ def digits_world(seed: int = 0) -> DigitsWorld:
 
 def enrol(ws: Any, tags: Sequence[Sequence[str]], profile: str = "rpi-4") -> list[DeviceKeys]:
     """One device per entry of ``tags``, enrolled through the real enrolment service."""
-    from tinymlops.devices.client import enrolment_body
-
-    enrolment = EnrolmentService(ws.engine, ws.targets.get)
-    out = []
-    for device_tags in tags:
-        keys = DeviceKeys.generate()
-        _, token = enrolment.create_token(ttl_s=600, tags=list(device_tags))
-        body = json.dumps(enrolment_body(keys, token, profile)).encode()
-        auth = sign_request(keys.signing, "POST", "/v1/devices/enrol", body)
-        doc = json.loads(body)
-        enrolment.enrol(
-            token=doc["token"],
-            signing_public=doc["signing_public"],
-            wrapping_public=doc["wrapping_public"],
-            profile=doc["profile"],
-            request=ReceivedRequest("POST", "/v1/devices/enrol", body, tuple(auth.headers().items())),
-        )
-        out.append(keys)
-    return out
+    return [enrol_device(ws, profile=profile, tags=device_tags) for device_tags in tags]
 
 
 class OnnxEndpoint:

@@ -4,16 +4,15 @@ naming another device than the caller is refused naming both."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
+from enrolled_devices import enrol_device
 from tiny_models import tiny_onnx
 from tinymlops.crypto.keys import DeviceKeys
-from tinymlops.devices.enrolment import EnrolmentService
 from tinymlops.errors import DuplicateBatchError, SpecError
 from tinymlops.observe.ingest import TelemetryIngest
 from tinymlops.observe.schema import TelemetryBatchRow
@@ -23,23 +22,9 @@ from tinymlops.spec.telemetry import Performance, TelemetryBatch, TelemetryWindo
 
 def _device(ws: Any) -> tuple[Any, DeviceKeys, str]:
     """A device enrolled through the real enrolment service, given a release of tiny:1."""
-    from tinymlops.devices.client import enrolment_body
-    from tinymlops.devices.request_auth import ReceivedRequest, sign_request
     from tinymlops.devices.service import DeviceService
 
-    keys = DeviceKeys.generate()
-    enrolment = EnrolmentService(ws.engine, ws.targets.get)
-    _, token = enrolment.create_token(ttl_s=600)
-    body = json.dumps(enrolment_body(keys, token, "rpi-4")).encode()
-    auth = sign_request(keys.signing, "POST", "/v1/devices/enrol", body)
-    doc = json.loads(body)
-    enrolment.enrol(
-        token=doc["token"],
-        signing_public=doc["signing_public"],
-        wrapping_public=doc["wrapping_public"],
-        profile=doc["profile"],
-        request=ReceivedRequest("POST", "/v1/devices/enrol", body, tuple(auth.headers().items())),
-    )
+    keys = enrol_device(ws)
     ws.registry.register("tiny", tiny_onnx())
     release = ReleaseService(ws).create_release("tiny:1", devices=[keys.device_id])
     device = DeviceService(ws.engine).get(keys.device_id)
