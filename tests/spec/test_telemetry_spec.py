@@ -372,10 +372,26 @@ def test_tampered_level_offsets_are_refused_before_the_library_sees_them() -> No
             kll_floats_n(bytes(bad))
     with pytest.raises(SpecError, match="levels say"):
         kll_floats_n(bytes(good[:-4]))
-    nan = bytearray(good)
-    struct.pack_into("<f", nan, len(nan) - 4, math.nan)
-    with pytest.raises(SpecError, match=r"non-finite|outside"):
-        kll_floats_n(bytes(nan))
+    body = 20 + 4 * num_levels + 8  # where the items start
+    for value, why in ((math.nan, "non-finite"), (math.inf, "non-finite"), (-math.inf, "non-finite")):
+        for at in (body, len(good) - 4):  # the first item (level 0) and the last (the top level)
+            bad = bytearray(good)
+            struct.pack_into("<f", bad, at, value)
+            with pytest.raises(SpecError, match=why):
+                kll_floats_n(bytes(bad))
+    lo, hi = struct.unpack_from("<2f", good, body - 8)
+    for value in (hi + 1.0, lo - 1.0):  # finite, but outside the sketch's own [min, max]
+        bad = bytearray(good)
+        struct.pack_into("<f", bad, len(good) - 4, value)
+        with pytest.raises(SpecError, match=r"outside \[min, max\]"):
+            kll_floats_n(bytes(bad))
+    # two items of the top level swapped: still within [min, max], but the level is no longer sorted
+    bad = bytearray(good)
+    a, b = struct.unpack_from("<2f", good, len(good) - 8)
+    assert a < b
+    struct.pack_into("<2f", bad, len(good) - 8, b, a)
+    with pytest.raises(SpecError, match="not sorted"):
+        kll_floats_n(bytes(bad))
 
 
 @given(data=st.data())

@@ -35,6 +35,7 @@ on level h weighs 2^h) add up to exactly ``n``.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import struct
@@ -65,6 +66,7 @@ def _cap_aux(k: int, depth: int) -> int:
     return _cap_aux_aux(_cap_aux_aux(k, half), depth - half)
 
 
+@functools.lru_cache(maxsize=4096)
 def total_capacity(k: int, num_levels: int, m: int = M) -> int:
     """Items a KLL sketch with ``k`` and ``num_levels`` levels holds (level h: ~k·(2/3)^depth, at least m)."""
     return sum(max(m, _cap_aux(k, num_levels - h - 1)) for h in range(num_levels))
@@ -74,7 +76,7 @@ def kll_floats_n(data: bytes, what: str = "sketch") -> int:
     """Check that ``data`` is a well-formed serialized KLL float sketch; return its ``n``.
 
     Raises :class:`~tinymlops.errors.SpecError` naming ``what`` and the defect."""
-    return _read(data, what)[0]
+    return _read(data, what, want_items=False)[0]
 
 
 def kll_floats_items(data: bytes, what: str = "sketch") -> tuple[list[float], list[int]]:
@@ -85,11 +87,11 @@ def kll_floats_items(data: bytes, what: str = "sketch") -> tuple[list[float], li
     datasketches 5.2.0 that iterator reports weight 1 for every item of a sketch made by ``merge``
     (its ``n`` and rank queries stay right), which understates the merged sketch's higher levels —
     a merged fleet profile read that way holds a fraction of its samples."""
-    _, items, weights = _read(data, what)
+    _, items, weights = _read(data, what, want_items=True)
     return items, weights
 
 
-def _read(data: bytes, what: str) -> tuple[int, list[float], list[int]]:
+def _read(data: bytes, what: str, *, want_items: bool) -> tuple[int, list[float], list[int]]:
     if len(data) < _HEADER.size:
         raise SpecError(f"{what}: a KLL sketch is at least 8 bytes, got {len(data)}")
     pre, serial, family, flags, k, m, _ = _HEADER.unpack_from(data, 0)
@@ -134,20 +136,32 @@ def _read(data: bytes, what: str) -> tuple[int, list[float], list[int]]:
     items = struct.unpack_from(f"<{retained}f", data, body + 8)
     if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
         raise SpecError(f"{what}: KLL min/max must be finite with min <= max, got {lo}, {hi}")
-    if not all(lo <= x <= hi for x in items):  # also refuses NaN (every comparison with NaN is false)
-        raise SpecError(f"{what}: KLL sketch holds an item outside [min, max] or a non-finite item")
+    # C-speed checks (a report reads tens of thousands of sketches): a non-finite item makes the exact
+    # sum non-finite (or raises); with every item finite, min/max and sorted() are exact
+    try:
+        finite = math.isfinite(math.fsum(items))
+    except (ValueError, OverflowError):
+        finite = False
+    if not finite:
+        raise SpecError(f"{what}: KLL sketch holds a non-finite item")
+    ordered = sorted(items)
+    if ordered and (ordered[0] < lo or ordered[-1] > hi):
+        raise SpecError(f"{what}: KLL sketch holds an item outside [min, max]")
     weight = 0
     base = levels[0]
     weights: list[int] = []
     for h in range(num_levels):
         start, end = levels[h] - base, levels[h + 1] - base
-        if (h > 0 or flags & _FLAG_LEVEL_ZERO_SORTED) and any(items[i] > items[i + 1] for i in range(start, end - 1)):
-            raise SpecError(f"{what}: KLL level {h} is not sorted")
+        if h > 0 or flags & _FLAG_LEVEL_ZERO_SORTED:
+            level = items[start:end]
+            if list(level) != sorted(level):
+                raise SpecError(f"{what}: KLL level {h} is not sorted")
         weight += (end - start) << h
-        weights.extend([1 << h] * (end - start))
+        if want_items:
+            weights.extend([1 << h] * (end - start))
     if weight != n:
         raise SpecError(f"{what}: KLL sketch weights add up to {weight}, but it says n = {n}")
-    return n, list(items), weights
+    return n, list(items) if want_items else [], weights
 
 
 __all__ = ["kll_floats_items", "kll_floats_n", "total_capacity"]
