@@ -827,6 +827,32 @@ def _read_window(doc: Any) -> TelemetryWindow:
     return TelemetryWindow.from_dict(data)
 
 
+def peek(path: Path | str, *, now: float | None = None) -> dict[str, Any] | None:
+    """What a store file holds, read-only (``agent status``: no key needed, nothing written): the
+    windows waiting and the requests they cover, the batch in flight, the bytes sent in the last
+    24 hours. None when there is no store file; ``{"error": …}`` when it cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    now = time.time() if now is None else now
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=1.0)
+        try:
+            windows, requests = db.execute("SELECT COUNT(*), COALESCE(SUM(requests), 0) FROM windows").fetchone()
+            in_flight = db.execute("SELECT COALESCE(SUM(windows), 0) FROM batches").fetchone()[0]
+            sent = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM sends WHERE at > ?", (now - DAY_S,)).fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    return {
+        "windows_waiting": int(windows),
+        "requests_waiting": int(requests),
+        "windows_in_flight": int(in_flight),
+        "bytes_sent_24h": int(sent),
+    }
+
+
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_WINDOWS",
@@ -834,4 +860,5 @@ __all__ = [
     "STORE_FILE",
     "PendingBatch",
     "UploadStore",
+    "peek",
 ]

@@ -293,3 +293,27 @@ def test_windows_too_many_for_one_request_body_go_as_several_batches(device: Dev
     assert 2 <= outcome.sent < 4 and outcome.windows == 4 and outcome.refused == 0
     assert max(len(body) for body in device.server.bodies) <= 3000
     assert requests_by_bundle(device.server) == {device.bundles.bundle_ids["t1"]: 80}
+
+
+def test_agent_status_reads_the_store_without_its_key_and_without_writing(device: Device) -> None:
+    from tinymlops.observe.upload_store import peek
+
+    path = device.root / "telemetry" / "upload.sqlite3"
+    device.offer("t1")
+    device.agent.run_once()
+    device.serve(12)
+    device.agent.flush_telemetry(upload=False)
+    device.serve(5)
+    device.agent.flush_telemetry(upload=False)
+    before = path.read_bytes()
+    seen = peek(path)
+    assert seen == {"windows_waiting": 2, "requests_waiting": 17, "windows_in_flight": 0, "bytes_sent_24h": 0}
+    assert path.read_bytes() == before  # read-only
+    outcome = device.uploader(WIFI)
+    assert outcome.sent == 1
+    after = peek(path)
+    assert after is not None and after["windows_waiting"] == 0 and after["bytes_sent_24h"] > 0
+    assert peek(device.root / "nothing-here.sqlite3") is None
+    broken = device.root / "broken.sqlite3"
+    broken.write_bytes(b"not a database at all, just bytes")
+    assert "error" in (peek(broken) or {})

@@ -85,6 +85,7 @@ from tinymlops.errors import (
 )
 from tinymlops.observe.upload_policy import UploadPolicy, decide
 from tinymlops.observe.upload_store import UploadStore
+from tinymlops.observe.upload_store import peek as peek_store
 from tinymlops.spec.context import DeviceContext
 from tinymlops.spec.health_report import HealthReport
 from tinymlops.spec.install_report import InstallReport
@@ -564,6 +565,7 @@ def describe(data_dir: Path | str) -> dict[str, Any]:
     out["trusted_release_keys"] = [p.name for p in _trusted_files(data_dir)]
     out["pending_reports"] = len(list((data_dir / REPORTS_DIR).glob("*.json")))
     out["pending_health_reports"] = len(list((data_dir / HEALTH_REPORTS_DIR).glob("*.json")))
+    out["telemetry"] = peek_store(data_dir / TELEMETRY_STORE)
     return out
 
 
