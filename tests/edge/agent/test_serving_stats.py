@@ -340,3 +340,13 @@ def test_concurrent_recording_while_windows_close_loses_nothing() -> None:
     for w in windows:
         merged.merge(w.latency)
     assert merged == histogram_of(ok)
+
+
+def test_an_infinite_or_absurd_latency_never_raises_and_never_poisons_the_window() -> None:
+    """A clock that jumps gives a duration of inf (or 1e300 s): counted as 0, like NaN — before, the
+    bucket index overflowed and the prediction it was measuring raised."""
+    histogram = LatencyHistogram()
+    for seconds in (math.inf, 1e300, math.nan, -1.0):
+        histogram.add(seconds)
+    assert histogram.count == 4 and histogram.max == 1e300  # finite: kept as it was, in the top bucket
+    assert bucket_of(math.inf) == bucket_of(1e300) == bucket_of(HIGH_S) == BUCKETS - 1

@@ -64,6 +64,7 @@ _INV_LOG_GAMMA = 1.0 / math.log(GAMMA)
 _INV_LOW = 1.0 / LOW_S
 _log = math.log
 _LAST = BUCKETS - 1
+_INF = math.inf
 _MIDPOINT = 2.0 * GAMMA / (1.0 + GAMMA)  # lower edge × this = the value ε from both edges
 
 
@@ -71,6 +72,8 @@ def bucket_of(seconds: float) -> int:
     """The bucket a latency falls in (NaN and negative values count as 0)."""
     if not seconds >= LOW_S:  # also NaN
         return 0
+    if seconds >= HIGH_S:  # also inf (whose log would not convert to an index)
+        return _LAST
     return min(_LAST, int(_log(seconds * _INV_LOW) * _INV_LOG_GAMMA) + 1)
 
 
@@ -95,7 +98,7 @@ class LatencyHistogram:
         self.max = 0.0
 
     def add(self, seconds: float) -> None:
-        if not seconds >= 0.0:  # negative or NaN: a clock that went wrong, not a latency
+        if not 0.0 <= seconds < _INF:  # negative, NaN or infinite: a clock that went wrong, not a latency
             seconds = 0.0
         self._add(bucket_of(seconds), seconds)
 
