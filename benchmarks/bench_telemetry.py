@@ -16,6 +16,10 @@
    typical call, the reductions left out) is printed beside it, and so is an **A/A control** (a
    second identical chain without telemetry: what the method reads when nothing differs) and the
    recorder's own cost per call around an endpoint that returns a constant (``recorder alone``).
+   Beside the default (energy read on every call) a chain reads energy on one call in 16
+   (``energy_every = 16``), and ``TINYMLOPS_BENCH_TELEMETRY_BEFORE=<git revision>`` adds the recorder
+   as it was at that revision (and the sketches it used) as one more chain of the same run: a
+   before/after measured side by side.
    The goal is stated for a call of at least 1 ms; a model that is faster says so in the result.
 2. Serialized KLL sketch bytes per feature and quantile rank error against the exact quantiles of
    the raw data: scikit-learn's digits (64 real features), one profile over the data set repeated
@@ -27,7 +31,9 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,6 +45,10 @@ BASE = "no telemetry"
 #: a second chain without telemetry: the A/A ratio is what the method reads when nothing differs
 CONTROL = "no telemetry (A/A control)"
 FEATURES = (8, 64, 784)
+#: energy measured on one call in this many: the row beside the default (every call)
+SAMPLED = 16
+#: a git revision: its recorder runs as one more chain of the same run (the "before" of a before/after)
+BEFORE_ENV = "TINYMLOPS_BENCH_TELEMETRY_BEFORE"
 QS = np.linspace(0.01, 0.99, 99)
 
 
@@ -88,6 +98,8 @@ def _overhead(quick: bool) -> dict[str, Any]:
     from tinymlops.observe.recorder import TelemetryRecorder
 
     out: dict[str, Any] = {}
+    rev = os.environ.get(BEFORE_ENV)
+    before = (rev, _recorder_module_at(rev)) if rev else None
     for features in FEATURES:
         backend = open_backend(_cnn(features), threads=1)
         xs = _inputs(features, 512)
@@ -97,6 +109,12 @@ def _overhead(quick: bool) -> dict[str, Any]:
             return Response(outputs={"probabilities": probabilities})
 
         recorders = {"telemetry": TelemetryRecorder("0" * 32, meter=PowerModelMeter(5.0))}
+        if before is not None:
+            recorders[f"telemetry @ {before[0]}"] = before[1].TelemetryRecorder("3" * 32, meter=PowerModelMeter(5.0))
+        if features <= 64:
+            recorders[f"telemetry, energy on 1 call in {SAMPLED}"] = TelemetryRecorder(
+                "4" * 32, meter=PowerModelMeter(5.0), policy=TelemetryPolicy(energy_every=SAMPLED)
+            )
         if features > 64:
             recorders["telemetry, every element sketched"] = TelemetryRecorder(
                 "1" * 32, meter=PowerModelMeter(5.0), policy=TelemetryPolicy(max_features=features)
@@ -120,7 +138,7 @@ def _overhead(quick: bool) -> dict[str, Any]:
                 "ratio_medians": float(np.median(times[name]) / np.median(base)),
                 "added_us": float(times[name].mean() - base.mean()) * 1e6,
                 "features_sketched": recorder._profile.n_features if recorder and recorder._profile else 0,
-                "alone_us": _alone_us(recorder.policy, xs) if recorder else None,
+                "alone_us": _alone_us(type(recorder), recorder.policy, xs) if recorder else None,
             }
         t0 = time.perf_counter()
         window = recorders["telemetry"].take_window()
@@ -136,18 +154,42 @@ def _overhead(quick: bool) -> dict[str, Any]:
     return out
 
 
-def _alone_us(policy: Any, xs: np.ndarray, repeats: int = 8) -> float:
+def _recorder_module_at(rev: str) -> Any:
+    """The recorder (and the sketches it uses) as they were at git revision ``rev``, loaded as modules of
+    their own beside the current ones: a "before" chain in the same run as "after"."""
+    import subprocess
+    import sys
+    import types
+
+    def source(path: str) -> str:
+        return subprocess.run(
+            ["git", "show", f"{rev}:src/tinymlops/observe/{path}"],
+            cwd=Path(__file__).resolve().parent, capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+
+    modules = {}
+    for name in ("sketches", "recorder"):
+        module = types.ModuleType(f"_telemetry_before_{name}")
+        sys.modules[module.__name__] = module  # dataclasses look their module up
+        code = source(f"{name}.py").replace(
+            "from tinymlops.observe.sketches import", "from _telemetry_before_sketches import"
+        )
+        exec(compile(code, f"{rev}:{name}.py", "exec"), module.__dict__)
+        modules[name] = module
+    return modules["recorder"]
+
+
+def _alone_us(recorder_type: Any, policy: Any, xs: np.ndarray, repeats: int = 8) -> float:
     """The recorder's own cost per call (µs, amortized), around an endpoint that returns a constant:
     what the ratio above measures without the model's run-to-run noise."""
     from tinymlops.edge.middleware import Request, Response, compose
     from tinymlops.observe.energy import PowerModelMeter
-    from tinymlops.observe.recorder import TelemetryRecorder
 
     outputs = {"probabilities": np.full((1, 10), 0.1, np.float32)}
     requests = [Request(xs[i : i + 1]) for i in range(len(xs))]
     out = {}
     for label, layers in (("with", True), ("without", False)):
-        recorder = TelemetryRecorder("2" * 32, meter=PowerModelMeter(5.0), policy=policy)
+        recorder = recorder_type("2" * 32, meter=PowerModelMeter(5.0), policy=policy)
         chain = compose([recorder] if layers else [], lambda r: Response(outputs=outputs))
         for r in requests:
             chain(r)
@@ -285,7 +327,8 @@ def run(quick: bool) -> dict[str, Any]:
         )
     headline = {f"overhead_ratio_{f}": o["rows"]["telemetry"]["ratio"] for f, o in overhead.items()}
     headline["sketch_bytes_per_feature"] = next(iter(accuracy.values()))["bytes_per_feature_mean"]
-    return {"overhead": overhead, "accuracy": accuracy, "goals": goals, "headline": headline}
+    settings = {"energy_sampled_every": SAMPLED, "before_revision": os.environ.get(BEFORE_ENV)}
+    return {"settings": settings, "overhead": overhead, "accuracy": accuracy, "goals": goals, "headline": headline}
 
 
 def render(result: dict[str, Any]) -> list[Table]:

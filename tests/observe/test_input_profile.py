@@ -304,3 +304,41 @@ def test_sorted_blocks_keep_the_stated_rank_error_whatever_the_stream_order(orde
     sketch = profile.sketch(0)
     assert sketch.n == n and sketch.is_estimation_mode()
     assert _max_rank_error(sketch, stream) <= sketch.normalized_rank_error(False)
+
+
+def test_a_whole_buffer_of_rows_is_reduced_without_the_copy_and_keeps_every_row(digits: np.ndarray) -> None:
+    """A batch of at least a buffer's worth, given while the buffer is empty, is reduced as it is (the
+    recorder hands its buffer over this way); what does not fill a block still waits in the buffer."""
+    x = digits[:200]
+    big = InputProfile(buffer_rows=64)
+    big.add(x)  # three blocks reduced as they are, 8 rows buffered
+    assert big._fill == 8 and big.rows == 192
+    small = InputProfile(buffer_rows=64)
+    for i in range(len(x)):
+        small.add(x[i : i + 1])
+    a, b = big.summary(), small.summary()
+    assert a.rows == b.rows == 200
+    for fa, fb in zip(a.features, b.features, strict=True):
+        assert (fa.count, fa.min, fa.max) == (fb.count, fb.min, fb.max)
+        assert fa.mean == pytest.approx(fb.mean, rel=1e-9, abs=1e-12)
+    scores = np.random.default_rng(2).dirichlet(np.ones(10), size=150).astype(np.float32)
+    whole, rows = InputProfile(buffer_rows=64), InputProfile(buffer_rows=64)
+    whole.observe(scores.astype(np.float64))  # float64: taken as float32, as the buffer takes it
+    for row in scores:
+        rows.observe(row[None, :])
+    assert np.array_equal(whole.classes, rows.classes) and np.array_equal(whole.confidence, rows.confidence)
+
+
+def test_a_profile_takes_one_kind_of_outputs() -> None:
+    """A window's confidence histogram counts every prediction: labels after scores, or scores after
+    labels, would break that, so the second kind is refused (the recorder counts it in profile_errors)."""
+    scores = InputProfile()
+    scores.observe(np.array([[0.2, 0.8]], np.float32))
+    with pytest.raises(UsageError, match="labels"):
+        scores.observe(np.array([1]))
+    labels = InputProfile()
+    labels.observe(np.array([1, 0]))
+    with pytest.raises(UsageError, match="scores"):
+        labels.observe(np.array([[0.2, 0.8]], np.float32))
+    assert InputsSummary.from_dict(scores.to_window_dict()).predictions == 1
+    assert InputsSummary.from_dict(labels.to_window_dict()).predictions == 2

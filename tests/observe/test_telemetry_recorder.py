@@ -325,14 +325,16 @@ def test_the_recorders_latency_histogram_is_serving_stats_histogram(durations: l
     assert latency_histogram(window.performance.latency) == want
 
 
-def test_concurrent_predictions_and_windows_lose_no_row_and_count_none_twice() -> None:
-    """Rows are buffered per window: threads predicting while another closes windows as fast as it
-    can — every row, moment and prediction is in exactly one window (including rows still in a
-    buffer when its window closed)."""
+@pytest.mark.parametrize("buffer_rows", [256, 5])
+def test_concurrent_predictions_and_windows_lose_no_row_and_count_none_twice(buffer_rows: int) -> None:
+    """Calls are buffered per window: threads predicting while another closes windows as fast as it
+    can — every call, latency, energy reading, row, moment and prediction is in exactly one window
+    (including calls still in the buffer when their window closed, and, with a 5-call buffer, flushes
+    that happen between the closes)."""
     rng = np.random.default_rng(11)
     x = rng.normal(size=(64, 6)).astype(np.float32)
     scores = rng.dirichlet(np.ones(4), size=64).astype(np.float32)
-    recorder = TelemetryRecorder(BUNDLE, meter=PowerModelMeter(1.0))
+    recorder = TelemetryRecorder(BUNDLE, meter=PowerModelMeter(1.0), buffer_rows=buffer_rows)
     predict = compose(
         [recorder], lambda r: Response(outputs={"p": scores[int(r.metadata["i"]) : int(r.metadata["i"]) + 1]})
     )
@@ -366,6 +368,7 @@ def test_concurrent_predictions_and_windows_lose_no_row_and_count_none_twice() -
     assert len(windows) > 1 and recorder.profile_errors == 0
     assert sum(w.performance.requests for w in windows) == total
     assert sum(w.performance.latency.count for w in windows if w.performance.latency) == total
+    assert sum(w.performance.energy.inferences for w in windows if w.performance.energy) == total
     inputs = [w.inputs for w in windows if w.inputs is not None]
     assert sum(i.rows for i in inputs) == total
     assert sum(i.features[0].count for i in inputs) == total
@@ -379,3 +382,308 @@ def test_concurrent_predictions_and_windows_lose_no_row_and_count_none_twice() -
         assert i.classes is not None
         classes[: len(i.classes)] += i.classes
     assert classes.tolist() == np.bincount(labels, minlength=4).tolist()
+
+
+# --- the deferred path: calls are recorded raw into a buffer, reduced when it fills or a window closes ---
+
+
+class CountingMeter(EnergyMeter):
+    """Reads 1, 2, 3, … joules: every measured call costs exactly 1 J."""
+
+    def __init__(self, method: str = "rapl") -> None:
+        self.method = method
+        self.reads = 0
+
+    def read(self) -> float:
+        self.reads += 1
+        return float(self.reads)
+
+
+class CallTimer:
+    """A timer the endpoint moves: it reads 0 when a call starts and whatever the endpoint set when it
+    ends (a call that raises reads it once, as the recorder's timer is read once then)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _scores_of(i: int) -> np.ndarray:
+    rng = np.random.default_rng(i)
+    return rng.dirichlet(np.ones(4)).astype(np.float32)[None, :]
+
+
+def test_bucket_indices_are_bucket_of_at_every_edge() -> None:
+    """The flush buckets latencies with numpy's log; at and around every bucket edge (and for clocks gone
+    wrong) the index is bucket_of's, as LatencyHistogram.add would file it."""
+    from tinymlops.edge.agent.serving_stats import BUCKETS, bucket_of
+    from tinymlops.observe.recorder import bucket_indices
+
+    edges = LOW_S * GAMMA ** np.arange(BUCKETS + 2)
+    values = np.concatenate(
+        [edges, np.nextafter(edges, 0.0), np.nextafter(edges, np.inf), [0.0, -1.0, np.nan, np.inf, 1e300, 5e-7]]
+    )
+    values = np.concatenate([values, np.random.default_rng(0).lognormal(-7, 3, 5000)])
+    index, counted = bucket_indices(values)
+    want = [bucket_of(v if 0.0 <= v < 1e300 else 0.0) for v in values.tolist()]
+    assert index.tolist() == want
+    assert counted[-5006:-5001].tolist() == [0.0, 0.0, 0.0, 0.0, 0.0] and counted[-5001] == 5e-7
+
+
+def test_a_window_closed_mid_buffer_holds_every_row_latency_and_reading() -> None:
+    """150 calls through a 64-call buffer (two flushes and 22 calls still buffered when the window
+    closes), 10 of them raising: the window holds every call, every latency exactly in its bucket,
+    every reading, every row and every score — the same as the exact statistics of the stream."""
+    timer = CallTimer()
+    meter = CountingMeter()
+    recorder = TelemetryRecorder(BUNDLE, timer=timer, meter=meter, buffer_rows=64)
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(150, 6)).astype(np.float32)
+    durations = rng.lognormal(-6, 1, 150)
+
+    def endpoint(request: Request) -> Response:
+        i = int(request.metadata["i"])
+        timer.now = float(durations[i])
+        if i % 15 == 7:
+            raise RuntimeError("the model fell over")
+        return Response(outputs={"scores": _scores_of(i)})
+
+    predict = compose([recorder], endpoint)
+    want = LatencyHistogram()
+    ok = []
+    for i in range(150):
+        timer.now = 0.0
+        if i % 15 == 7:
+            with pytest.raises(RuntimeError):
+                predict(Request(x[i : i + 1], metadata={"i": i}))
+            continue
+        predict(Request(x[i : i + 1], metadata={"i": i}))
+        want.add(float(durations[i]))
+        ok.append(i)
+    assert 0 < recorder._n < 64  # calls still in the buffer: the window below closes mid-buffer
+    requests, errors, live = recorder.snapshot()  # read without closing, buffered calls included
+    assert (requests, errors, live) == (150, 10, want)
+    window = recorder.take_window()
+    assert window is not None
+    perf = window.performance
+    assert (perf.requests, perf.errors) == (150, 10)
+    assert perf.latency is not None and latency_histogram(perf.latency) == want
+    assert perf.energy is not None and perf.energy.method == "rapl"
+    assert perf.energy.inferences == 140 and perf.energy.joules_per_inference == 1.0
+    inputs = window.inputs
+    assert inputs is not None and inputs.rows == 140 and inputs.predictions == 140
+    exact = x[ok].astype(np.float64)
+    for j in range(6):
+        f = inputs.features[j]
+        assert f.count == 140 and (f.min, f.max) == (float(x[ok, j].min()), float(x[ok, j].max()))
+        assert f.mean == pytest.approx(exact[:, j].mean(), rel=1e-9, abs=1e-12)
+        assert f.variance == pytest.approx(exact[:, j].var(), rel=1e-6)
+    scores = np.concatenate([_scores_of(i) for i in ok])
+    assert inputs.classes == tuple(np.bincount(scores.argmax(axis=1), minlength=4))
+    assert inputs.confidence is not None and sum(inputs.confidence) == 140
+    # nothing is left behind: the next window starts empty
+    assert recorder.snapshot()[0] == 0 and recorder.take_window() is None
+
+
+def test_a_buffer_that_fills_is_flushed_and_wide_rows_fill_it_sooner() -> None:
+    recorder = TelemetryRecorder(BUNDLE, buffer_rows=32)
+    predict = compose([recorder], lambda r: Response(outputs={"p": np.full((1, 3), 1 / 3, np.float32)}))
+    for i in range(31):
+        predict(Request(np.full((1, 5), float(i), np.float32)))
+    profile = recorder._profile
+    assert profile is not None and recorder._n == 31 and len(recorder._rows) == 30  # the first call learnt the shape
+    predict(Request(np.full((1, 5), 31.0, np.float32)))
+    assert recorder._n == 0 and recorder._rows == [] and recorder._outs == []  # full: reduced
+    assert profile.rows == 32 and profile.predictions == 32 and profile._fill == 0
+    assert profile.moments()["mean"][0] == pytest.approx(15.5)
+    # rows of 784 floats: the buffer holds at most InputProfile.buffer_bytes of them (83 rows), not 256
+    wide = TelemetryRecorder(BUNDLE)
+    predict = compose([wide], lambda r: Response(outputs={}))
+    for _ in range(83):
+        predict(Request(np.zeros((1, 784), np.float32)))
+    assert wide._cap == 83 and wide._n == 0 and wide._profile is not None and wide._profile.rows == 83
+
+
+def _reference(calls: list[tuple[np.ndarray, object]], classes: int | None = None) -> tuple[InputProfile, int]:
+    """What the recorder did before it deferred its work: each call's inputs then outputs into a profile,
+    one after the other, an error counted when the profile refuses either."""
+    profile = InputProfile(classes=classes)
+    errors = 0
+    for x, y in calls:
+        try:
+            profile.add(x)
+            profile.observe(y)
+        except UsageError:
+            errors += 1
+    return profile, errors
+
+
+@pytest.mark.parametrize("buffer_rows", [1, 4, 256])
+def test_inputs_and_outputs_of_different_shapes_across_calls_are_handled_as_before(buffer_rows: int) -> None:
+    rng = np.random.default_rng(8)
+    f32 = np.float32
+    calls: list[tuple[np.ndarray, object]] = []
+    for _ in range(40):  # rows and scores of one shape, the buffer's path
+        calls.append((rng.normal(size=(1, 4)).astype(f32), rng.dirichlet(np.ones(3))[None, :].astype(f32)))
+    calls += [
+        (rng.normal(size=(5, 4)).astype(f32), rng.dirichlet(np.ones(3), size=5).astype(f32)),  # a batch
+        (rng.normal(size=(1, 4)), rng.dirichlet(np.ones(3))[None, :]),  # float64 rows and scores
+        (rng.normal(size=(1, 5)).astype(f32), rng.dirichlet(np.ones(3))[None, :].astype(f32)),  # refused row
+        (rng.normal(size=(1, 4)).astype(f32), np.array([2])),  # integer labels after scores: refused
+        (rng.normal(size=(1, 4)).astype(f32), rng.dirichlet(np.ones(6))[None, :].astype(f32)),  # 6 classes
+        (rng.normal(size=(1, 4)).astype(f32), np.zeros((1, 2, 3), f32)),  # outputs it cannot read
+        (rng.normal(size=(1, 4)).astype(np.int64), rng.dirichlet(np.ones(3))[None, :].astype(f32)),  # int rows
+    ]
+    for i in range(30):  # back to the first shapes, and scores with a non-finite row now and then
+        scores = rng.dirichlet(np.ones(3))[None, :].astype(f32)
+        if i % 11 == 3:
+            scores[0, 1] = np.nan
+        calls.append((rng.normal(size=(1, 4)).astype(f32), scores))
+    recorder = TelemetryRecorder(BUNDLE, buffer_rows=buffer_rows)
+    outputs = iter([y for _, y in calls])
+    predict = compose([recorder], lambda r: Response(outputs={"y": next(outputs)}))
+    for x, _ in calls:
+        predict(Request(x))
+    window = recorder.take_window()
+    reference, errors = _reference(calls)
+    assert window is not None and window.inputs is not None
+    assert recorder.profile_errors == errors == 3  # a refused row, labels after scores, unreadable outputs
+    got, want = window.inputs, reference.summary()
+    assert (got.rows, got.predictions, got.classes, got.confidence) == (
+        want.rows,
+        want.predictions,
+        want.classes,
+        want.confidence,
+    )
+    for a, b in zip(got.features, want.features, strict=True):
+        assert (a.kind, a.index, a.count, a.nonfinite) == (b.kind, b.index, b.count, b.nonfinite)
+        # a projection is a float32 matrix product: blocks of other sizes may round its last bit otherwise
+        exact = a.kind == "element"
+        assert (a.min, a.max) == ((b.min, b.max) if exact else pytest.approx((b.min, b.max), rel=1e-6))
+        assert a.mean == pytest.approx(b.mean, rel=1e-9 if exact else 1e-6, abs=1e-12 if exact else 1e-6)
+
+
+def test_scores_of_another_class_count_are_refused_by_a_policy_that_fixes_it() -> None:
+    recorder = TelemetryRecorder(BUNDLE, policy=TelemetryPolicy(classes=3), buffer_rows=8)
+    outputs = iter([np.full((1, 3), 1 / 3, np.float32)] * 10 + [np.full((1, 4), 0.25, np.float32)] * 2)
+    predict = compose([recorder], lambda r: Response(outputs={"p": next(outputs)}))
+    for _ in range(12):
+        predict(Request(np.zeros((1, 2), np.float32)))
+    window = recorder.take_window()
+    assert recorder.profile_errors == 2 and window is not None and window.inputs is not None
+    assert window.inputs.rows == 12 and window.inputs.predictions == 10 and window.inputs.classes == (10, 0, 0)
+
+
+def test_energy_is_summed_per_method_and_inferences_are_the_calls_measured() -> None:
+    """A meter replaced by one of the same method keeps adding; one of another method restarts the
+    window's energy (a window has one method); sampling counts only the calls it measured."""
+    recorder = TelemetryRecorder(BUNDLE, meter=CountingMeter("rapl"), buffer_rows=4)
+    predict = compose([recorder], lambda r: Response(outputs={}))
+    for _ in range(6):
+        predict(Request(np.zeros((1, 1), np.float32)))
+    recorder.meter = CountingMeter("rapl")
+    for _ in range(3):
+        predict(Request(np.zeros((1, 1), np.float32)))
+    w = recorder.take_window()
+    assert w is not None and w.performance.energy is not None
+    assert (w.performance.energy.method, w.performance.energy.inferences) == ("rapl", 9)
+    for _ in range(5):
+        predict(Request(np.zeros((1, 1), np.float32)))
+    recorder.meter = PowerModelMeter(2.0, cpu_clock=iter(range(0, 1000, 3)).__next__)
+    for _ in range(2):
+        predict(Request(np.zeros((1, 1), np.float32)))
+    w = recorder.take_window()
+    assert w is not None and w.performance.energy is not None and w.performance.requests == 7
+    assert (w.performance.energy.method, w.performance.energy.inferences) == ("model", 2)
+    assert w.performance.energy.joules_per_inference == 6.0  # 3 CPU seconds × 2 W per call
+    sampled = TelemetryRecorder(BUNDLE, meter=CountingMeter(), policy=TelemetryPolicy(energy_every=4))
+    predict = compose([sampled], lambda r: Response(outputs={}))
+    for _ in range(10):
+        predict(Request(np.zeros((1, 1), np.float32)))
+    w = sampled.take_window()
+    assert w is not None and w.performance.requests == 10 and w.performance.energy is not None
+    assert w.performance.energy.inferences == 3 and w.performance.energy.joules_per_inference == 1.0  # calls 0, 4, 8
+
+
+def test_a_reading_of_a_meter_replaced_while_the_call_ran_is_not_taken() -> None:
+    recorder = TelemetryRecorder(BUNDLE, meter=CountingMeter("rapl"))
+
+    def endpoint(request: Request) -> Response:
+        if request.metadata.get("swap"):
+            recorder.meter = CountingMeter("model")  # another thread would do this; here, mid-call
+        return Response(outputs={})
+
+    predict = compose([recorder], endpoint)
+    predict(Request(np.zeros((1, 1), np.float32)))
+    predict(Request(np.zeros((1, 1), np.float32), metadata={"swap": True}))
+    predict(Request(np.zeros((1, 1), np.float32)))
+    w = recorder.take_window()
+    assert w is not None and w.performance.requests == 3 and w.performance.energy is not None
+    assert (w.performance.energy.method, w.performance.energy.inferences) == ("model", 1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 9),
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("ok"), st.integers(1, 3), st.floats(1e-7, 10.0)),
+            st.tuples(st.just("raise"), st.just(1), st.just(0.0)),
+            st.tuples(st.just("close"), st.just(0), st.just(0.0)),
+        ),
+        max_size=60,
+    ),
+)
+def test_every_call_lands_in_exactly_one_window_whatever_the_buffer(buffer_rows: int, steps: list) -> None:
+    """Calls (batches of 1 to 3 rows), failures and window closes in any order, through buffers of 1 to 9
+    calls: every window holds exactly its own calls — requests, errors, latencies, rows, predictions."""
+    timer = CallTimer()
+    recorder = TelemetryRecorder(BUNDLE, timer=timer, buffer_rows=buffer_rows, policy=TelemetryPolicy(classes=3))
+
+    def endpoint(request: Request) -> Response:
+        timer.now = float(request.metadata["seconds"])
+        if request.metadata.get("raise"):
+            raise RuntimeError("down")
+        n = request.inputs.shape[0]
+        return Response(outputs={"p": np.tile(np.array([[0.1, 0.7, 0.2]], np.float32), (n, 1))})
+
+    predict = compose([recorder], endpoint)
+    want = {"requests": 0, "errors": 0, "rows": 0, "latency": LatencyHistogram()}
+
+    def close() -> None:
+        window = recorder.take_window()
+        if want["requests"] == 0:
+            assert window is None
+            return
+        assert window is not None
+        perf = window.performance
+        assert (perf.requests, perf.errors) == (want["requests"], want["errors"])
+        got = latency_histogram(perf.latency) if perf.latency is not None else LatencyHistogram()
+        assert got == want["latency"]
+        rows = window.inputs.rows if window.inputs is not None else 0
+        assert rows == want["rows"]
+        if window.inputs is not None and rows:
+            assert window.inputs.classes == (0, rows, 0) and window.inputs.features[0].count == rows
+        want.update(requests=0, errors=0, rows=0, latency=LatencyHistogram())
+
+    for kind, batch, seconds in steps:
+        if kind == "close":
+            close()
+            continue
+        timer.now = 0.0
+        request = Request(
+            np.full((batch, 2), seconds, np.float32), metadata={"raise": kind == "raise", "seconds": seconds}
+        )
+        want["requests"] += 1
+        if kind == "raise":
+            with pytest.raises(RuntimeError):
+                predict(request)
+            want["errors"] += 1
+            continue
+        predict(request)
+        want["rows"] += batch
+        want["latency"].add(seconds)
+    close()
+    assert recorder.profile_errors == 0

@@ -29,7 +29,9 @@ sketched: it counts in the feature's ``nonfinite`` instead (``count + nonfinite 
 Outputs (:meth:`InputProfile.observe`): class scores ``[batch, classes]`` — the predicted class is
 the argmax, the confidence the largest probability (scores that are not already probabilities
 are softmaxed; ``outputs`` says which, ``auto`` decides on the first batch) — or integer labels
-``[batch]`` (classes only). Confidence goes into ``CONFIDENCE_BINS`` equal bins over [0, 1].
+``[batch]`` (classes only). One kind per profile, the first it is given: a window's confidence
+histogram counts every prediction, so labels after scores (or scores after labels) are refused.
+Confidence goes into ``CONFIDENCE_BINS`` equal bins over [0, 1].
 
 **Cost.** :meth:`add` and :meth:`observe` only copy rows into a buffer shaped like the rows (a
 batch of one row of the shape and dtype seen before takes a short path: one comparison and one
@@ -38,7 +40,10 @@ matrix product for the projection, vectorized moments merged with Chan's formula
 ``update`` of a ``vector_of_kll_floats_sketches`` with the whole block — each feature's block
 sorted first (descending): a KLL sketch's error bound holds for any order of its stream, and it
 takes a sorted run about twice as fast (~20 ns per value instead of ~42 here, the sort included).
-The minimum and maximum are then the block's first and last rows.
+The minimum and maximum are then the block's first and last rows. A batch of at least a whole
+buffer, given while the buffer is empty, is reduced as it is, without the copy:
+:class:`~tinymlops.observe.recorder.TelemetryRecorder` keeps its own per-call buffer and hands it
+over here one full block at a time.
 
 **Merging.** :meth:`merge` is exact as the library defines it: the sketches merge (DataSketches
 KLL merge: the result has the error bound of a single sketch over the union), moments combine with
@@ -236,9 +241,14 @@ class InputProfile:
         # rows the buffer takes as they are from now on: batches of one, of this (row shape, dtype)
         self._fast_shape, self._fast_dtype = (1, *self._buf.shape[1:]), x.dtype
         x = x.reshape(rows, *self._buf.shape[1:])
+        size = self._buf.shape[0]
         done = 0
         while done < rows:
-            take = min(rows - done, self._buf.shape[0] - self._fill)
+            if self._fill == 0 and rows - done >= size:  # a whole buffer's worth: reduced as it is, no copy
+                self._reduce_inputs(np.asarray(x[done : done + size], np.float32).reshape(size, -1))
+                done += size
+                continue
+            take = min(rows - done, size - self._fill)
             self._buf[self._fill : self._fill + take] = x[done : done + take]
             self._fill += take
             done += take
@@ -258,6 +268,8 @@ class InputProfile:
                 self._flush_scores()
             return
         if y.dtype.kind in "biu" and y.ndim <= 1:
+            if self._confidence is not None or self._score_fill:
+                raise UsageError("input profile: outputs were class scores, got integer labels (one kind per profile)")
             self._flush_scores()
             labels = y.reshape(-1).astype(np.int64)
             limit = self.n_classes or MAX_CLASSES
@@ -272,6 +284,8 @@ class InputProfile:
                 f"input profile: outputs must be class scores [batch, classes <= {MAX_CLASSES}] or integer labels "
                 f"[batch], got dtype {y.dtype} shape {y.shape}"
             )
+        if self.predictions and self._confidence is None:
+            raise UsageError("input profile: outputs were integer labels, got class scores (one kind per profile)")
         if self.n_classes is not None and y.shape[1] != self.n_classes:
             raise UsageError(f"input profile: expected scores for {self.n_classes} classes, got {y.shape[1]}")
         if self._scores is not None and self._scores.shape[1] != y.shape[1]:
@@ -282,9 +296,14 @@ class InputProfile:
                 (max(1, min(self.buffer_rows, self.buffer_bytes // (4 * y.shape[1]))), y.shape[1]), np.float32
             )
         self._score_shape, self._score_dtype = (1, y.shape[1]), y.dtype
+        size = self._scores.shape[0]
         done = 0
         while done < y.shape[0]:
-            take = min(y.shape[0] - done, self._scores.shape[0] - self._score_fill)
+            if self._score_fill == 0 and y.shape[0] - done >= size:  # a whole buffer's worth: reduced as it is
+                self._reduce_scores(np.asarray(y[done : done + size], np.float32))
+                done += size
+                continue
+            take = min(y.shape[0] - done, size - self._score_fill)
             self._scores[self._score_fill : self._score_fill + take] = y[done : done + take]
             self._score_fill += take
             done += take
@@ -331,6 +350,10 @@ class InputProfile:
             return
         block = self._buf[: self._fill].reshape(self._fill, -1)
         self._fill = 0
+        self._reduce_inputs(block)
+
+    def _reduce_inputs(self, block: np.ndarray) -> None:
+        """Reduce a block of rows (float32, ``[rows, input_size]``) into the moments and the sketches."""
         if not self.n_features:
             self.rows += block.shape[0]
             return
@@ -378,6 +401,10 @@ class InputProfile:
             return
         scores = self._scores[: self._score_fill]
         self._score_fill = 0
+        self._reduce_scores(scores)
+
+    def _reduce_scores(self, scores: np.ndarray) -> None:
+        """Reduce a block of score rows (float32, ``[rows, classes]``) into the class and confidence histograms."""
         finite = np.isfinite(scores).all(axis=1)
         if not finite.all():
             scores = scores[finite]
