@@ -209,6 +209,19 @@ class WindowOverlapError(ConflictError):
     and the stored one (``stored_start``/``stored_end``, ``stored_batch_id``)."""
 
 
+class LicenseError(InvalidInputError):
+    """A prepaid query license does not apply here: issued for another device or model, not
+    chained to the license it claims to top up, or not a license at all. A forged or altered
+    license is a :class:`SignatureError` (``member="license"``). ``reason`` names the check."""
+
+
+class LedgerTamperedError(IntegrityError):
+    """The device's usage ledger does not verify: an edited, deleted or reordered row, a broken hash
+    link, counts that do not add up, or an older copy restored behind the monotonic counter's back.
+    ``reason`` names the check and ``seq`` the first entry that failed. The device does not fail
+    open: metered predictions stay refused until it is re-licensed."""
+
+
 # --- well-formed requests that failed -----------------------------------------------------
 class OperationError(TinyMLOpsError):
     """A well-formed operation that could not be completed."""
@@ -264,6 +277,27 @@ class UpdateError(UpdateSourceError):
     reached, answered with an HTTP error, or the device's local metadata cache could not be written."""
 
 
+class MeteringRefusedError(OperationError):
+    """A metered prediction was refused by the device's prepaid license (no network needed).
+
+    Not the caller's misuse (the call was well-formed) nor hostile data: the license in force does
+    not allow one more query now. ``remaining`` and ``limit`` (queries), ``license_id`` and
+    ``reason`` say why; the prediction did not run and nothing was debited for it."""
+
+
+class QuotaExceededError(MeteringRefusedError):
+    """Every prepaid query of the license chain is used (or reserved); a top-up is needed."""
+
+
+class LicenseExpiredError(MeteringRefusedError):
+    """The device clock is outside the license's validity window, or was set back before the last
+    ledger entry (``reason`` = ``expired`` | ``not-yet-valid`` | ``clock-set-back``)."""
+
+
+class LicenseScopeError(MeteringRefusedError):
+    """The license in force does not cover the model version this runtime serves."""
+
+
 __all__ = [
     "AccessDeniedError",
     "AgentStateError",
@@ -280,6 +314,11 @@ __all__ = [
     "InvalidInputError",
     "InvalidModelError",
     "KeyMismatchError",
+    "LedgerTamperedError",
+    "LicenseError",
+    "LicenseExpiredError",
+    "LicenseScopeError",
+    "MeteringRefusedError",
     "MissingKeyError",
     "ModelNotFoundError",
     "ModelRefError",
@@ -288,6 +327,7 @@ __all__ = [
     "PayloadTooLargeError",
     "PipelineError",
     "PrivacyBudgetExceeded",
+    "QuotaExceededError",
     "RecipeError",
     "RecipeNotFoundError",
     "ReplayedRequestError",

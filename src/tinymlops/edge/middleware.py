@@ -145,6 +145,7 @@ def _telemetry_factory(table: Mapping[str, Any], context: PolicyContext | None) 
 
 
 register_middleware("telemetry", _telemetry_factory)
+register_middleware("metering", lambda *a: __import__("tinymlops.metering.meter", fromlist=["_"]).metering_factory(*a))
 
 __all__ = [
     "POSITIONS",

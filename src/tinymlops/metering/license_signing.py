@@ -1,0 +1,122 @@
+"""Ed25519 signatures over licenses and usage reports, domain-separated.
+
+Each signature covers a fixed prefix then the document's exact bytes, so a signature made for one
+kind of document (a license, by the server's issuer key; a usage report, by the device key) can
+never be replayed as another, nor as any other signature tinymlops makes with the same key.
+
+* :func:`sign_license` / :func:`verify_license` — the issuer's key; the verifier passes the issuer
+  keys it trusts and gets the parsed :class:`~tinymlops.spec.license.License` back.
+* :func:`sign_usage_report` / :func:`verify_usage_report` — the device's key (its key id is the
+  report's ``device_id``).
+
+Edge-safe: ``cryptography`` and the standard library only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from tinymlops.crypto.keys import ed25519_public, key_id
+from tinymlops.crypto.signing import SIGNATURE_BYTES, TrustedKey, trusted_key_map
+from tinymlops.errors import SignatureError
+from tinymlops.spec.license import License
+from tinymlops.spec.usage_report import UsageReport
+
+LICENSE_DOMAIN = b"tinymlops/license/v1\x00"
+USAGE_REPORT_DOMAIN = b"tinymlops/usage-report/v1\x00"
+
+
+@dataclass(frozen=True)
+class SignedLicense:
+    """A license's exact bytes and the issuer's 64-byte signature over them (domain-separated)."""
+
+    data: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True)
+class SignedUsageReport:
+    """A usage report's exact bytes and the device's 64-byte signature over them (domain-separated)."""
+
+    data: bytes
+    signature: bytes
+
+
+def _verify(pub: Ed25519PublicKey, domain: bytes, data: bytes, signature: bytes, member: str) -> None:
+    if len(signature) != SIGNATURE_BYTES:
+        raise SignatureError(f"{member}: a signature is {SIGNATURE_BYTES} bytes, got {len(signature)}", member=member)
+    try:
+        pub.verify(bytes(signature), domain + bytes(data))
+    except InvalidSignature:
+        raise SignatureError(
+            f"{member}: the signature by key {key_id(pub)} does not verify (the document or the signature was changed)",
+            member=member,
+        ) from None
+
+
+def sign_license(license: License, issuer_key: Ed25519PrivateKey) -> SignedLicense:
+    """Sign ``license`` (whose ``issuer_key_id`` must name ``issuer_key``)."""
+    if license.issuer_key_id != key_id(issuer_key):
+        raise SignatureError(
+            f"license names issuer key {license.issuer_key_id}, but the signing key is {key_id(issuer_key)}",
+            member="license",
+        )
+    data = license.to_bytes()
+    return SignedLicense(data, issuer_key.sign(LICENSE_DOMAIN + data))
+
+
+def verify_license(signed: SignedLicense, trusted_issuer_keys: Iterable[TrustedKey]) -> License:
+    """Parse the license strictly and verify its signature with the trusted issuer key it names.
+
+    A malformed license raises :class:`~tinymlops.errors.SpecError`; an issuer that is not trusted,
+    or a signature that does not verify over these exact bytes, :class:`SignatureError`."""
+    license = License.from_bytes(signed.data)
+    keys = trusted_key_map(trusted_issuer_keys)
+    pub = keys.get(license.issuer_key_id)
+    if pub is None:
+        raise SignatureError(
+            f"license {license.license_id} is signed by issuer key {license.issuer_key_id}, which this device "
+            f"does not trust (trusted: {', '.join(sorted(keys)) or 'none'})",
+            member="license",
+        )
+    _verify(pub, LICENSE_DOMAIN, signed.data, signed.signature, "license")
+    return license
+
+
+def sign_usage_report(report: UsageReport, device_key: Ed25519PrivateKey) -> SignedUsageReport:
+    if report.device_id != key_id(device_key):
+        raise SignatureError(
+            f"usage report is for device {report.device_id}, the signing key is {key_id(device_key)}",
+            member="usage report",
+        )
+    data = report.to_bytes()
+    return SignedUsageReport(data, device_key.sign(USAGE_REPORT_DOMAIN + data))
+
+
+def verify_usage_report(signed: SignedUsageReport, device_public_key: TrustedKey) -> UsageReport:
+    """Parse the report strictly and verify it was signed by ``device_public_key`` (whose key id must
+    be the report's ``device_id``)."""
+    report = UsageReport.from_bytes(signed.data)
+    pub = ed25519_public(device_public_key)
+    if key_id(pub) != report.device_id:
+        raise SignatureError(
+            f"usage report claims device {report.device_id}, the key offered is {key_id(pub)}", member="usage report"
+        )
+    _verify(pub, USAGE_REPORT_DOMAIN, signed.data, signed.signature, "usage report")
+    return report
+
+
+__all__ = [
+    "LICENSE_DOMAIN",
+    "USAGE_REPORT_DOMAIN",
+    "SignedLicense",
+    "SignedUsageReport",
+    "sign_license",
+    "sign_usage_report",
+    "verify_license",
+    "verify_usage_report",
+]

@@ -1,0 +1,313 @@
+"""The metering middleware: every prediction is authorized and debited before it runs, offline.
+
+:class:`Meter` is the live ledger of one model on this device — the pure
+:class:`~tinymlops.metering.ledger.Ledger`, its :class:`~tinymlops.metering.ledger_store.LedgerStore`
+and a lock. :meth:`Meter.authorize` is the hot path: inside the open block it is a clock read, two
+comparisons and a decrement under the lock; when the block is empty it first writes a reservation
+of ``block`` calls durably (SQLite ``synchronous=FULL`` and the monotonic counter), so a crash
+can only lose the rest of a block, never regain a call. A refused call raises
+:class:`~tinymlops.errors.QuotaExceededError` / :class:`~tinymlops.errors.LicenseExpiredError` /
+:class:`~tinymlops.errors.LicenseScopeError` (``remaining``, ``limit``, ``license_id``,
+``reason``) and never reaches the model.
+
+Wiring into the runtime: the manifest's ``metering`` policy (position 10, before everything)::
+
+    [policies.metering]
+    enabled = true
+    model = "digits"     # the model name the license must name (and the bundle must carry)
+    block = 64           # calls per durable reservation (default 64)
+
+The ledgers live on the device, not in the bundle: the agent binds its :class:`MeteringHost`
+(ledger directory, device signing key, trusted issuer keys) with :func:`bind_metering` before it
+opens runtimes. Without a bound host a metered bundle does not open (no silent free service);
+bundles without the policy open as before. One :class:`Meter` per model is shared by every runtime
+of that model in the process (the A/B slots), so two runtimes never fork the chain.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from tinymlops.crypto.keys import key_id
+from tinymlops.crypto.signing import TrustedKey
+from tinymlops.errors import LicenseScopeError, SpecError, UsageError
+from tinymlops.metering.ledger import Ledger
+from tinymlops.metering.ledger_store import LedgerStore, MonotonicCounter, default_counter
+from tinymlops.metering.license_signing import SignedLicense, SignedUsageReport, sign_usage_report, verify_license
+from tinymlops.spec.license import License
+from tinymlops.spec.usage_report import UsageReport
+
+if TYPE_CHECKING:
+    from tinymlops.edge.middleware import CallNext, PolicyContext, Request, Response
+
+DEFAULT_BLOCK = 64
+MAX_BLOCK = 1 << 20
+_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_REF = re.compile(r"^([^:/]+)(?::(\d+))?")
+
+
+class Meter:
+    """The live usage ledger of one model (thread-safe; see the module doc)."""
+
+    def __init__(
+        self,
+        store: LedgerStore,
+        device_key: Ed25519PrivateKey,
+        trusted_issuer_keys: Iterable[TrustedKey],
+        *,
+        block: int = DEFAULT_BLOCK,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if isinstance(block, bool) or not isinstance(block, int) or not 1 <= block <= MAX_BLOCK:
+            raise UsageError(f"metering block must be an integer in [1, {MAX_BLOCK}], got {block!r}")
+        self.store = store
+        self.ledger: Ledger = store.ledger
+        self.block = block
+        self._key = device_key
+        self._trusted = list(trusted_issuer_keys)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._covered: dict[int | None, bool] = {}
+
+    @classmethod
+    def open(
+        cls,
+        path: Path | str,
+        model: str,
+        *,
+        device_key: Ed25519PrivateKey,
+        trusted_issuer_keys: Iterable[TrustedKey],
+        block: int = DEFAULT_BLOCK,
+        counter: MonotonicCounter | bool | None = True,
+        clock: Callable[[], float] = time.time,
+    ) -> Meter:
+        """Open (verify, replay) the ledger file at ``path``. ``counter``: True = the file counter
+        beside it, False/None = none (no local rollback check), or any :class:`MonotonicCounter`."""
+        trusted = list(trusted_issuer_keys)
+        if counter is True:
+            counter = default_counter(path)
+        store = LedgerStore.open(
+            path,
+            device_id=key_id(device_key),
+            model=model,
+            trusted_issuer_keys=trusted,
+            counter=counter or None,
+        )
+        return cls(store, device_key, trusted, block=block, clock=clock)
+
+    # --- reading ---------------------------------------------------------------------------------
+    @property
+    def remaining(self) -> int:
+        return self.ledger.remaining
+
+    @property
+    def limit(self) -> int:
+        return self.ledger.licensed
+
+    # --- licenses ----------------------------------------------------------------------------------
+    def install(self, signed: SignedLicense) -> License:
+        """Verify a license (or top-up) and add it to the chain, durably."""
+        license = verify_license(signed, self._trusted)
+        with self._lock:
+            entry = self.ledger.propose_license(license, self._clock())
+            self.store.append(entry, signed)
+            self.ledger.apply(entry, license)
+            self._covered.clear()
+        return license
+
+    # --- the hot path ------------------------------------------------------------------------------
+    def authorize(self, version: int | None = None) -> None:
+        """Debit one call for ``version`` of the model, or raise the refusal (nothing debited)."""
+        with self._lock:
+            covered = self._covered.get(version)
+            if covered is None:
+                covered = self._covered[version] = self._scope(version)
+            if not covered:
+                self._refuse_scope(version)
+            now = self._clock()
+            if not self.ledger.authorize(now):
+                entry = self.ledger.propose_reserve(self.block, now)
+                self.store.append(entry)
+                self.ledger.apply(entry)
+                self.ledger.authorize(now)
+
+    def _scope(self, version: int | None) -> bool:
+        current = self.ledger.current
+        return current is None or current.covers_version(version)
+
+    def _refuse_scope(self, version: int | None) -> None:
+        lic = self.ledger.current
+        assert lic is not None
+        raise LicenseScopeError(
+            f"license {lic.license_id} covers {lic.model} versions {lic.min_version}..{lic.max_version}, "
+            f"this runtime serves version {version}",
+            reason="version",
+            remaining=self.ledger.remaining,
+            limit=self.ledger.licensed,
+            license_id=lic.license_id,
+        )
+
+    def middleware(self, version: int | None = None) -> MeteringMiddleware:
+        return MeteringMiddleware(self, version)
+
+    # --- reports -----------------------------------------------------------------------------------
+    def usage_report(self, since_seq: int = 0) -> SignedUsageReport | None:
+        """The signed report of the entries from ``since_seq`` on (None when there are none)."""
+        with self._lock:
+            entries = self.store.entries(since_seq)
+            if not entries:
+                return None
+            report = UsageReport.build(
+                device_id=self.ledger.device_id,
+                entries=entries,
+                block_remaining=self.ledger.block_remaining,
+                created_at=int(self._clock()),
+                license_id=self.ledger.current.license_id if self.ledger.current else None,
+            )
+        return sign_usage_report(report, self._key)
+
+    def close(self) -> None:
+        with self._lock:
+            self.store.close()
+
+
+class MeteringMiddleware:
+    """``mw(request, call_next)``: debit one call of ``meter`` for ``version``, then run the chain."""
+
+    __slots__ = ("_authorize", "meter", "version")
+
+    def __init__(self, meter: Meter, version: int | None) -> None:
+        self.meter = meter
+        self.version = version
+        self._authorize = meter.authorize
+
+    def __call__(self, request: Request, call_next: CallNext) -> Response:
+        self._authorize(self.version)
+        return call_next(request)
+
+
+class MeteringHost:
+    """This device's metering: where the ledgers live, the key that signs usage reports, the issuer
+    keys licenses must be signed by. One :class:`Meter` per model, opened on first use."""
+
+    def __init__(
+        self,
+        directory: Path | str,
+        *,
+        device_key: Ed25519PrivateKey,
+        trusted_issuer_keys: Iterable[TrustedKey],
+        counter: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.directory = Path(directory)
+        self.device_key = device_key
+        self.trusted_issuer_keys = list(trusted_issuer_keys)
+        self.counter = counter
+        self.clock = clock
+        self._meters: dict[str, Meter] = {}
+        self._lock = threading.Lock()
+
+    def meter(self, model: str, *, block: int = DEFAULT_BLOCK) -> Meter:
+        if not _MODEL.match(model):
+            raise UsageError(f"not a model name: {model!r}")
+        with self._lock:
+            meter = self._meters.get(model)
+            if meter is None:
+                meter = self._meters[model] = Meter.open(
+                    self.directory / f"{model}.ledger.sqlite3",
+                    model,
+                    device_key=self.device_key,
+                    trusted_issuer_keys=self.trusted_issuer_keys,
+                    block=block,
+                    counter=self.counter,
+                    clock=self.clock,
+                )
+            return meter
+
+    def close(self) -> None:
+        with self._lock:
+            for meter in self._meters.values():
+                meter.close()
+            self._meters.clear()
+
+
+_bound: MeteringHost | None = None
+_bound_lock = threading.Lock()
+
+
+def bind_metering(host: MeteringHost | None) -> None:
+    """Make ``host`` the device's metering for runtimes opened from now on (None: unbind)."""
+    global _bound
+    with _bound_lock:
+        _bound = host
+
+
+@contextmanager
+def metering_bound(host: MeteringHost) -> Iterator[MeteringHost]:
+    """``with metering_bound(host):`` bind for the block, then restore what was bound before."""
+    global _bound
+    with _bound_lock:
+        before, _bound = _bound, host
+    try:
+        yield host
+    finally:
+        with _bound_lock:
+            _bound = before
+
+
+def split_model_ref(ref: str | None) -> tuple[str | None, int | None]:
+    """``"digits:3/int8-static"`` → ``("digits", 3)``; None → ``(None, None)``."""
+    if not ref:
+        return None, None
+    m = _REF.match(ref)
+    if m is None:
+        return None, None
+    return m.group(1), int(m.group(2)) if m.group(2) else None
+
+
+def metering_factory(table: Mapping[str, Any], context: PolicyContext | None) -> MeteringMiddleware:
+    """The ``metering`` policy: the bound host's meter for the table's model, checked against the bundle."""
+    allowed = {"enabled", "model", "block"}
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise SpecError(
+            f"metering policy: this runtime does not implement {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(allowed))})",
+            policy="metering",
+        )
+    model = table.get("model")
+    if not isinstance(model, str) or not _MODEL.match(model):
+        raise SpecError(f"metering policy: 'model' must be a model name, got {model!r:.80}")
+    block = table.get("block", DEFAULT_BLOCK)
+    if isinstance(block, bool) or not isinstance(block, int) or not 1 <= block <= MAX_BLOCK:
+        raise SpecError(f"metering policy: 'block' must be an integer in [1, {MAX_BLOCK}], got {block!r:.40}")
+    name, version = split_model_ref(context.model if context is not None else None)
+    if name is not None and name != model:
+        raise SpecError(f"metering policy meters model '{model}', but the bundle carries '{context.model}'")  # type: ignore[union-attr]
+    host = getattr(context, "metering", None) or _bound
+    if host is None:
+        raise UsageError(
+            "the bundle's metering policy needs this device's usage ledger: bind a MeteringHost "
+            "(tinymlops.metering.bind_metering) before opening the runtime"
+        )
+    return host.meter(model, block=block).middleware(version)
+
+
+__all__ = [
+    "DEFAULT_BLOCK",
+    "Meter",
+    "MeteringHost",
+    "MeteringMiddleware",
+    "bind_metering",
+    "metering_bound",
+    "metering_factory",
+    "split_model_ref",
+]

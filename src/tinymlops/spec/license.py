@@ -1,0 +1,212 @@
+"""Prepaid query licenses: what the server signs so a device may serve N predictions offline.
+
+A license (a signed document: unknown fields are kept byte-for-byte, only an unsupported major
+``spec_version`` is refused)::
+
+    {
+      "spec_version": "1.0",
+      "license_id": "<32 hex>",            # random 128 bits
+      "device_id": "<16 hex>",             # key id of the device's Ed25519 key (sha256(pub)[:16])
+      "device_public_key": "<64 hex>",     # that raw Ed25519 public key
+      "model": "digits",                   # the model name the queries are for
+      "min_version": 1 | null,             # optional base-version range, inclusive
+      "max_version": 3 | null,
+      "queries": 1000,                     # >= 1; a top-up adds its queries to the chain
+      "valid_from": 1718000000,            # epoch seconds, inclusive
+      "valid_until": 1720592000,           # epoch seconds, exclusive
+      "issued_at": 1718000000,
+      "previous_license_id": "<32 hex>" | null,   # the license this one tops up
+      "issuer_key_id": "<16 hex>"          # key id of the server key that signs it
+    }
+
+:meth:`License.to_bytes` is canonical JSON (sorted keys, no whitespace, UTF-8); a license parsed
+with :meth:`License.from_bytes` keeps its exact bytes (``raw``), which are what the signature
+covers. Signing and verification (Ed25519, domain-separated) live in
+:mod:`tinymlops.metering.license_signing`; this module is standard library only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tinymlops.errors import SpecError
+from tinymlops.spec._parse import check_version
+from tinymlops.spec.manifest import parse_json_strict
+
+LICENSE_MAJOR = 1
+LICENSE_VERSION = "1.0"
+MAX_LICENSE_BYTES = 16 * 1024
+MAX_QUERIES = 10**12
+MAX_MODEL_CHARS = 128
+#: seconds since the epoch must fit this (year ~33658); keeps every value an exact JSON integer
+MAX_EPOCH = 10**12
+
+DOC = "license"
+HEX16 = re.compile(r"^[0-9a-f]{16}$")
+HEX32 = re.compile(r"^[0-9a-f]{32}$")
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+_FIELDS = (
+    "spec_version",
+    "license_id",
+    "device_id",
+    "device_public_key",
+    "model",
+    "min_version",
+    "max_version",
+    "queries",
+    "valid_from",
+    "valid_until",
+    "issued_at",
+    "previous_license_id",
+    "issuer_key_id",
+)
+
+
+def canonical_json(data: Mapping[str, Any]) -> bytes:
+    """Sorted keys, no whitespace, no NaN, UTF-8: the bytes a signature or a hash covers."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def read_hex(doc: str, data: Mapping[str, Any], key: str, pattern: re.Pattern[str], what: str) -> str:
+    if key not in data:
+        raise SpecError(f"{doc}: missing required field '{key}'")
+    value = data[key]
+    if not isinstance(value, str) or not pattern.match(value):
+        raise SpecError(f"{doc}: field '{key}' must be {what}, got {value!r:.80}")
+    return value
+
+
+def read_int(doc: str, data: Mapping[str, Any], key: str, *, low: int, high: int, nullable: bool = False) -> Any:
+    if key not in data:
+        raise SpecError(f"{doc}: missing required field '{key}'")
+    value = data[key]
+    if value is None and nullable:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(f"{doc}: field '{key}' must be an integer, got {value!r:.80}")
+    if not low <= value <= high:
+        raise SpecError(f"{doc}: field '{key}' must be within [{low}, {high}], got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class License:
+    license_id: str
+    device_id: str
+    device_public_key: str
+    model: str
+    queries: int
+    valid_from: int
+    valid_until: int
+    issued_at: int
+    issuer_key_id: str
+    min_version: int | None = None
+    max_version: int | None = None
+    previous_license_id: str | None = None
+    spec_version: str = LICENSE_VERSION
+    #: fields a newer issuer added, kept as they were
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    #: the exact bytes this license was parsed from (None: built here, see to_bytes)
+    raw: bytes | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # a License built in code must be one from_dict would accept
+        if self.raw is None:
+            License.from_dict(self.to_dict())
+
+    def covers_version(self, version: int | None) -> bool:
+        """Whether a base version is inside the license's range (None: the version is unknown,
+        covered only when the license names no range)."""
+        if version is None:
+            return self.min_version is None and self.max_version is None
+        return (self.min_version is None or version >= self.min_version) and (
+            self.max_version is None or version <= self.max_version
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.extra)
+        out.update(
+            spec_version=self.spec_version,
+            license_id=self.license_id,
+            device_id=self.device_id,
+            device_public_key=self.device_public_key,
+            model=self.model,
+            min_version=self.min_version,
+            max_version=self.max_version,
+            queries=self.queries,
+            valid_from=self.valid_from,
+            valid_until=self.valid_until,
+            issued_at=self.issued_at,
+            previous_license_id=self.previous_license_id,
+            issuer_key_id=self.issuer_key_id,
+        )
+        return out
+
+    def to_bytes(self) -> bytes:
+        """The signed bytes: the exact bytes it was parsed from, else canonical JSON."""
+        return self.raw if self.raw is not None else canonical_json(self.to_dict())
+
+    @property
+    def digest(self) -> str:
+        """sha256 (hex) of :meth:`to_bytes`: what the device's ledger commits to."""
+        return hashlib.sha256(self.to_bytes()).hexdigest()
+
+    @classmethod
+    def from_dict(cls, data: Any, *, raw: bytes | None = None) -> License:
+        if not isinstance(data, Mapping):
+            raise SpecError(f"{DOC}: must be an object, got {type(data).__name__}")
+        version = check_version(DOC, data, LICENSE_MAJOR)
+        model = data.get("model")
+        if not isinstance(model, str) or not _MODEL.match(model):
+            raise SpecError(f"{DOC}: field 'model' must be a model name (letters, digits, . _ -), got {model!r:.80}")
+        if "previous_license_id" not in data:
+            raise SpecError(f"{DOC}: missing required field 'previous_license_id'")
+        prev = data["previous_license_id"]
+        if prev is not None and (not isinstance(prev, str) or not HEX32.match(prev)):
+            raise SpecError(f"{DOC}: field 'previous_license_id' must be 32 lowercase hex digits or null")
+        lic = cls(
+            spec_version=version,
+            license_id=read_hex(DOC, data, "license_id", HEX32, "32 lowercase hex digits"),
+            device_id=read_hex(DOC, data, "device_id", HEX16, "16 lowercase hex digits"),
+            device_public_key=read_hex(DOC, data, "device_public_key", HEX64, "64 lowercase hex digits"),
+            model=model,
+            min_version=read_int(DOC, data, "min_version", low=0, high=MAX_EPOCH, nullable=True),
+            max_version=read_int(DOC, data, "max_version", low=0, high=MAX_EPOCH, nullable=True),
+            queries=read_int(DOC, data, "queries", low=1, high=MAX_QUERIES),
+            valid_from=read_int(DOC, data, "valid_from", low=0, high=MAX_EPOCH),
+            valid_until=read_int(DOC, data, "valid_until", low=0, high=MAX_EPOCH),
+            issued_at=read_int(DOC, data, "issued_at", low=0, high=MAX_EPOCH),
+            previous_license_id=prev,
+            issuer_key_id=read_hex(DOC, data, "issuer_key_id", HEX16, "16 lowercase hex digits"),
+            extra={k: v for k, v in data.items() if k not in _FIELDS},
+            raw=raw if raw is not None else b"",  # b"" marks "validated" until replaced below
+        )
+        if lic.valid_until <= lic.valid_from:
+            raise SpecError(f"{DOC}: valid_until ({lic.valid_until}) must be after valid_from ({lic.valid_from})")
+        if lic.min_version is not None and lic.max_version is not None and lic.min_version > lic.max_version:
+            raise SpecError(f"{DOC}: min_version ({lic.min_version}) is above max_version ({lic.max_version})")
+        if prev == lic.license_id:
+            raise SpecError(f"{DOC}: a license cannot top up itself")
+        if hashlib.sha256(bytes.fromhex(lic.device_public_key)).hexdigest()[:16] != lic.device_id:
+            raise SpecError(f"{DOC}: device_id {lic.device_id} is not the key id of device_public_key")
+        if raw is None:
+            object.__setattr__(lic, "raw", None)
+        return lic
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> License:
+        """Parse strictly (size, UTF-8, duplicate keys, NaN refused); keep the exact bytes."""
+        raw = bytes(raw)
+        if len(raw) > MAX_LICENSE_BYTES:
+            raise SpecError(f"{DOC}: {len(raw)} bytes, more than the {MAX_LICENSE_BYTES} accepted")
+        return cls.from_dict(parse_json_strict(raw, DOC), raw=raw)
+
+
+__all__ = ["LICENSE_MAJOR", "LICENSE_VERSION", "MAX_LICENSE_BYTES", "License", "canonical_json"]
