@@ -33,6 +33,7 @@ BENCHMARKS = {
     "telemetry": "bench_telemetry",
     "fleet_load": "bench_fleet_load",
     "drift": "bench_drift",
+    "metering": "bench_metering",
 }
 
 
