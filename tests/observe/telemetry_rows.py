@@ -22,6 +22,7 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -30,10 +31,11 @@ import onnxruntime as ort
 from enrolled_devices import enrol_device
 from tinymlops.crypto.keys import DeviceKeys
 from tinymlops.edge.middleware import Request, Response
+from tinymlops.observe.ingest import BundleOrigin, window_row
 from tinymlops.observe.policy import TelemetryPolicy
 from tinymlops.observe.privacy import PrivacyPolicy
 from tinymlops.observe.recorder import TelemetryRecorder
-from tinymlops.observe.schema import TelemetryBatchRow, TelemetryWindowRow
+from tinymlops.observe.schema import TelemetryBatchRow
 from tinymlops.observe.sealing import seal_batch
 from tinymlops.optimize.pipeline import register_model
 from tinymlops.registry.db import session_factory
@@ -180,48 +182,20 @@ def insert_windows(
         session.add(row)
         session.flush()
         for w in windows:
-            perf = w.performance
-            quantiles = _latency_ms(w)
+            origin = BundleOrigin(w.bundle_id, None, ref or w.model, model, version)
             session.add(
-                TelemetryWindowRow(
-                    batch_id=row.id,
+                window_row(
+                    row.id,
                     device_id=keys.device_id,
                     profile_name=profile,
                     tags=list(tags),
-                    bundle_id=w.bundle_id,
-                    release_id=None,
-                    ref=ref or w.model,
-                    model=model,
-                    version=version,
-                    window_start=w.window_start,
-                    window_end=w.window_end,
-                    requests=perf.requests,
-                    errors=perf.errors,
-                    p50_ms=quantiles[0],
-                    p95_ms=quantiles[1],
-                    p99_ms=quantiles[2],
-                    energy_j=None if perf.energy is None else perf.energy.joules_per_inference,
-                    energy_method=None if perf.energy is None else perf.energy.method,
-                    energy_inferences=None if perf.energy is None else perf.energy.inferences,
-                    peak_memory_bytes=perf.peak_memory_bytes,
-                    rows=0 if w.inputs is None else w.inputs.rows,
-                    performance=perf.to_dict(),
-                    inputs=None if w.inputs is None else w.inputs.to_dict(),
-                    privacy=w.privacy.to_dict(),
+                    origin=origin,
+                    window=w,
+                    received_at=datetime.now(UTC),
                 )
             )
         session.commit()
     return sealed.digest
-
-
-def _latency_ms(window: TelemetryWindow) -> tuple[float | None, float | None, float | None]:
-    from tinymlops.observe.recorder import latency_histogram
-
-    buckets = window.performance.latency
-    if buckets is None:
-        return None, None, None
-    histogram = latency_histogram(buckets)
-    return tuple(1000.0 * histogram.quantile(q) for q in (0.5, 0.95, 0.99))  # type: ignore[return-value]
 
 
 def shifted(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -155,18 +156,15 @@ def test_failing_telemetry_never_fails_a_prediction(digits_model) -> None:
     assert window.performance.energy.method == "rapl"
 
 
-def test_every_call_lands_in_exactly_one_window_under_concurrency(digits_model) -> None:
-    backend = open_backend(digits_model.onnx)
-    recorder = TelemetryRecorder(BUNDLE, meter=PowerModelMeter(1.0))
-    predict = compose([recorder], _endpoint(backend))
-    x = digits_model.x_test[:50]
-    calls_per_thread, threads = 150, 4
-    windows = []
+def race_windows(recorder: TelemetryRecorder, call: Any, calls_per_thread: int, threads: int) -> list[Any]:
+    """``threads`` threads each make ``call(i)`` for i in range(calls_per_thread) while another closes
+    windows as fast as it can; every window closed, the last one included."""
+    windows: list[Any] = []
     done = threading.Event()
 
     def worker() -> None:
         for i in range(calls_per_thread):
-            predict(Request(x[i % 50 : i % 50 + 1]))
+            call(i)
 
     def taker() -> None:
         while not done.is_set():
@@ -186,6 +184,16 @@ def test_every_call_lands_in_exactly_one_window_under_concurrency(digits_model) 
     last = recorder.take_window()
     if last is not None:
         windows.append(last)
+    return windows
+
+
+def test_every_call_lands_in_exactly_one_window_under_concurrency(digits_model) -> None:
+    backend = open_backend(digits_model.onnx)
+    recorder = TelemetryRecorder(BUNDLE, meter=PowerModelMeter(1.0))
+    predict = compose([recorder], _endpoint(backend))
+    x = digits_model.x_test[:50]
+    calls_per_thread, threads = 150, 4
+    windows = race_windows(recorder, lambda i: predict(Request(x[i % 50 : i % 50 + 1])), calls_per_thread, threads)
     total = calls_per_thread * threads
     assert sum(w.performance.requests for w in windows) == total
     assert sum(w.inputs.rows for w in windows if w.inputs) == total
@@ -339,31 +347,9 @@ def test_concurrent_predictions_and_windows_lose_no_row_and_count_none_twice(buf
         [recorder], lambda r: Response(outputs={"p": scores[int(r.metadata["i"]) : int(r.metadata["i"]) + 1]})
     )
     calls_per_thread, threads = 700, 4
-    windows: list = []
-    done = threading.Event()
-
-    def worker() -> None:
-        for i in range(calls_per_thread):
-            predict(Request(x[i % 64 : i % 64 + 1], metadata={"i": i % 64}))
-
-    def taker() -> None:
-        while not done.is_set():
-            w = recorder.take_window()
-            if w is not None:
-                windows.append(w)
-
-    pool = [threading.Thread(target=worker) for _ in range(threads)]
-    closer = threading.Thread(target=taker)
-    closer.start()
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    done.set()
-    closer.join()
-    last = recorder.take_window()
-    if last is not None:
-        windows.append(last)
+    windows = race_windows(
+        recorder, lambda i: predict(Request(x[i % 64 : i % 64 + 1], metadata={"i": i % 64})), calls_per_thread, threads
+    )
     total = calls_per_thread * threads
     assert len(windows) > 1 and recorder.profile_errors == 0
     assert sum(w.performance.requests for w in windows) == total

@@ -24,6 +24,7 @@ def demo_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Run the whole life of real models end to end: register, derive, evaluate, check, select."""
+    from tinymlops.demo.drift import since_iso
     from tinymlops.demo.flow import run_demo
     from tinymlops.workspace import Workspace
 
@@ -159,7 +160,7 @@ def demo_cmd(
             console.print(
                 f"No raw input left a device: {a['windows']} uploaded windows ({a['bytes']:,} bytes) searched for the "
                 f"{a['rows_checked']:,} input rows served — {a['rows_found']} found.  Report: "
-                f"tinymlops drift report digits-cnn --since {_iso(drift.since)} -w {result.workspace}",
+                f"tinymlops drift report digits-cnn --since {since_iso(drift.since)} -w {result.workspace}",
                 highlight=False,
             )
         console.print(
@@ -177,14 +178,6 @@ def demo_cmd(
     ws.close()
     if serve:
         _serve(result)
-
-
-def _iso(ts: float) -> str:
-    """``ts`` to the millisecond, rounded up: the windows closed just before it stay out of the range."""
-    import math
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(math.ceil(ts * 1000) / 1000, UTC).isoformat(timespec="milliseconds")
 
 
 def _serve(result: Any) -> None:

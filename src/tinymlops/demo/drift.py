@@ -138,7 +138,7 @@ def run_drift(
     if uploads["refused"]:
         raise OperationError(f"the server refused {uploads['refused']} telemetry batch(es)")
     base = model.split(":", 1)[0]
-    params = {"by": "tag", "since": _iso(since)}  # the windows closed above all ended before since
+    params = {"by": "tag", "since": since_iso(since)}  # the windows closed above all ended before since
     response = http.get(f"/v1/models/{base}/drift", params=params)
     if response.status_code >= 400:
         raise OperationError(f"drift report: HTTP {response.status_code}: {response.text[:300]}")
@@ -224,10 +224,13 @@ def audit_raw_inputs(engine: Engine, served: Sequence[np.ndarray], *, since: flo
     }
 
 
-def _iso(ts: float) -> str:
+def since_iso(ts: float) -> str:
+    """``ts`` to the millisecond, rounded up: the windows closed just before it stay out of the range
+    (the form the API's and the CLI's ``since`` take)."""
+    import math
     from datetime import UTC, datetime
 
-    return datetime.fromtimestamp(ts, UTC).isoformat()
+    return datetime.fromtimestamp(math.ceil(ts * 1000) / 1000, UTC).isoformat(timespec="milliseconds")
 
 
 __all__ = [
@@ -240,5 +243,6 @@ __all__ = [
     "run_drift",
     "shift_inputs",
     "shifted_features",
+    "since_iso",
     "site_of",
 ]

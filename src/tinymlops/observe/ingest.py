@@ -177,6 +177,50 @@ def latency_ms(buckets: LatencyBuckets | None) -> tuple[float | None, float | No
     return p50 * 1e3, p95 * 1e3, p99 * 1e3
 
 
+def window_row(
+    batch_id: int,
+    *,
+    device_id: str,
+    profile_name: str,
+    tags: list[str],
+    origin: BundleOrigin,
+    window: TelemetryWindow,
+    received_at: datetime,
+) -> TelemetryWindowRow:
+    """The ``telemetry_windows`` row of one window of an accepted batch: the columns queries filter and
+    chart on, and the spec's sections as JSON."""
+    perf = window.performance
+    p50, p95, p99 = latency_ms(perf.latency)
+    energy = perf.energy
+    return TelemetryWindowRow(
+        batch_id=batch_id,
+        device_id=device_id,
+        profile_name=profile_name,
+        tags=tags,
+        bundle_id=window.bundle_id,
+        release_id=origin.release_id,
+        ref=origin.ref,
+        model=origin.model,
+        version=origin.version,
+        window_start=window.window_start,
+        window_end=window.window_end,
+        requests=perf.requests,
+        errors=perf.errors,
+        p50_ms=p50,
+        p95_ms=p95,
+        p99_ms=p99,
+        energy_j=None if energy is None else energy.joules_per_inference,
+        energy_method=None if energy is None else energy.method,
+        energy_inferences=None if energy is None else energy.inferences,
+        peak_memory_bytes=perf.peak_memory_bytes,
+        rows=0 if window.inputs is None else window.inputs.rows,
+        performance=perf.to_dict(),
+        inputs=None if window.inputs is None else window.inputs.to_dict(),
+        privacy=window.privacy.to_dict(),
+        received_at=received_at,
+    )
+
+
 def _origin(bundle_id: str, release_id: str | None, ref: str | None) -> BundleOrigin:
     model = version = None
     if ref:
@@ -314,7 +358,17 @@ class TelemetryIngest:
             session.add(batch_row)
             session.flush()
             for window in batch.windows:
-                session.add(self._window_row(batch_row.id, row, origins[window.bundle_id], window, now))
+                session.add(
+                    window_row(
+                        batch_row.id,
+                        device_id=row.id,
+                        profile_name=row.profile_name,
+                        tags=list(row.tags or ()),
+                        origin=origins[window.bundle_id],
+                        window=window,
+                        received_at=now,
+                    )
+                )
             session.commit()
             releases = sorted({o.release_id for o in origins.values() if o.release_id is not None})
             return IngestResult(batch_row.id, opened.digest, len(batch.windows), now, tuple(releases))
@@ -397,42 +451,6 @@ class TelemetryIngest:
                 bundle_id=missing[0],
             )
         return out
-
-    # --- rows ----------------------------------------------------------------------------------
-    @staticmethod
-    def _window_row(
-        batch_id: int, device: DeviceRow, origin: BundleOrigin, window: TelemetryWindow, now: datetime
-    ) -> TelemetryWindowRow:
-        perf = window.performance
-        p50, p95, p99 = latency_ms(perf.latency)
-        energy = perf.energy
-        return TelemetryWindowRow(
-            batch_id=batch_id,
-            device_id=device.id,
-            profile_name=device.profile_name,
-            tags=list(device.tags or ()),
-            bundle_id=window.bundle_id,
-            release_id=origin.release_id,
-            ref=origin.ref,
-            model=origin.model,
-            version=origin.version,
-            window_start=window.window_start,
-            window_end=window.window_end,
-            requests=perf.requests,
-            errors=perf.errors,
-            p50_ms=p50,
-            p95_ms=p95,
-            p99_ms=p99,
-            energy_j=None if energy is None else energy.joules_per_inference,
-            energy_method=None if energy is None else energy.method,
-            energy_inferences=None if energy is None else energy.inferences,
-            peak_memory_bytes=perf.peak_memory_bytes,
-            rows=0 if window.inputs is None else window.inputs.rows,
-            performance=perf.to_dict(),
-            inputs=None if window.inputs is None else window.inputs.to_dict(),
-            privacy=window.privacy.to_dict(),
-            received_at=now,
-        )
 
     # --- reading back ------------------------------------------------------------------------------
     def batches(self, device_id: str, *, limit: int = 20) -> list[TelemetryBatchRecord]:
