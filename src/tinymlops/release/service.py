@@ -754,11 +754,12 @@ class ReleaseService:
             deployment.updated_at = now
             session.commit()
             record = _report_record(row)
-        self._advance_quietly(record.release_id)
+        self.advance_quietly(record.release_id)
         return record
 
-    def _advance_quietly(self, release_id: str | None) -> None:
-        """Judge the rollout a device's report is about; its failure never fails the report."""
+    def advance_quietly(self, release_id: str | None) -> None:
+        """Judge the rollout a device's report (install, health, telemetry) is about; its failure
+        never fails the report (logged: the report is stored and the next report or poll tries again)."""
         if release_id is None:
             return
         try:
@@ -769,7 +770,7 @@ class ReleaseService:
     def record_health(self, device_id: str, report: HealthReport) -> HealthReportRecord:
         """Store an agent's health report about the bundle it runs (see :mod:`tinymlops.release.health`)."""
         record = self.health.record(device_id, report)
-        self._advance_quietly(record.release_id)
+        self.advance_quietly(record.release_id)
         return record
 
     def tick(self) -> None:

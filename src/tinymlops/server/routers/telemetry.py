@@ -30,7 +30,6 @@ A thin shell over :mod:`tinymlops.observe.ingest` and :mod:`tinymlops.observe.pe
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -45,8 +44,6 @@ from tinymlops.registry.refs import NAME
 from tinymlops.server.deps import CurrentDevice, DeviceIdPath, ReadKey, ReceivedDep, Services, ServicesDep
 from tinymlops.server.error_responses import error_responses
 from tinymlops.spec.telemetry import ENERGY_METHODS, STORE_STATUSES
-
-log = logging.getLogger("tinymlops.server")
 
 router = APIRouter(tags=["telemetry"], responses=error_responses(400, 401, 403, 422))
 
@@ -228,10 +225,7 @@ def upload_telemetry(
         )
     result = _ingest(services).ingest(device, received.body, request.headers.get(SIGNATURE_HEADER))
     for release_id in result.release_ids:  # telemetry gates judge on it: move the rollout along now
-        try:
-            services.releases.rollouts.advance(release_id, wait=False)
-        except Exception:  # logged: the batch is stored, and the next report or poll tries again
-            log.exception("advancing the rollout of release %s failed", release_id)
+        services.releases.advance_quietly(release_id)
     return TelemetryAcceptedOut(**result.to_dict())
 
 
