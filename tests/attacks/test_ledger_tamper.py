@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from metering_world import T0, Clock, Issuer
-from tinymlops.errors import LedgerTamperedError, LicenseExpiredError
+from tinymlops.errors import LedgerTamperedError, LicenseExpiredError, QuotaExceededError
 from tinymlops.metering import Meter
 from tinymlops.spec.usage_report import LedgerEntry
 
@@ -125,3 +125,49 @@ def test_clock_set_back_is_refused_across_a_restart(used) -> None:
     clock.now = T0 + 30
     meter.authorize()  # the right time again: served
     meter.close()
+
+
+def _rewrite(path: Path, entries: list[LedgerEntry]) -> None:
+    """Replace every row with ``entries``, relinked and rehashed consistently (no key on the chain)."""
+    head, conn = "0" * 64, sqlite3.connect(path)
+    with conn:
+        conn.execute("DELETE FROM entries")
+        for seq, e in enumerate(entries):
+            e = LedgerEntry(seq, head, e.kind, e.license_id, e.count, e.at, e.ref, e.nonce)
+            conn.execute("INSERT INTO entries (seq, body, hash) VALUES (?, ?, ?)", (seq, e.to_bytes(), e.hash))
+            head = e.hash
+    conn.close()
+
+
+def _rows(path: Path) -> list[LedgerEntry]:
+    conn = sqlite3.connect(path)
+    rows = [LedgerEntry.from_bytes(b) for (b,) in conn.execute("SELECT body FROM entries ORDER BY seq")]
+    conn.close()
+    return rows
+
+
+@pytest.mark.parametrize("counter", [False, True])
+def test_a_repeated_license_entry_in_a_rewritten_chain_does_not_double_the_quota(tmp_path: Path, counter: bool) -> None:
+    issuer, device, clock = Issuer(), Ed25519PrivateKey.generate(), Clock()
+    path = tmp_path / "tiny.ledger.sqlite3"
+
+    def open_meter() -> Meter:
+        return Meter.open(
+            path, "tiny", device_key=device, trusted_issuer_keys=[issuer.public], block=8, clock=clock, counter=counter
+        )
+
+    meter = open_meter()
+    meter.install(issuer.signed(device, queries=100))
+    for _ in range(100):
+        meter.authorize()
+    with pytest.raises(QuotaExceededError):
+        meter.authorize()
+    meter.close()
+    rows = _rows(path)
+    _rewrite(path, [rows[0], rows[0], *rows[1:]])  # the license entry repeated, every hash recomputed
+    if counter:  # the plain counter file is rewritten to the forged head as well
+        forged = _rows(path)[-1]
+        path.with_name(path.name + ".counter").write_text(f"{forged.seq} {forged.hash}\n", encoding="ascii")
+    with pytest.raises(LedgerTamperedError) as info:
+        open_meter()  # before the fix: limit 200, 100 more calls served
+    assert info.value.details["reason"] == "duplicate-license", info.value.message

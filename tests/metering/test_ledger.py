@@ -183,3 +183,41 @@ def test_any_operation_sequence_keeps_debited_within_licensed_and_the_chain_vali
         assert led.remaining <= usable_before + (n if op == "topup" else 0)
         assert served <= led.reserved <= led.licensed
     assert verify_chain(log) == led.head
+
+
+def test_apply_holds_a_stored_license_entry_to_the_rules_of_propose_license() -> None:
+    """A chain rewritten by hand (every hash recomputed) cannot bring in a license propose_license
+    would refuse: apply raises LedgerTamperedError with the same reason code."""
+    first = ISSUER.license(DEVICE, queries=10)
+    unchained = ISSUER.license(DEVICE, queries=10)  # starts a chain too: previous_license_id is None
+    other_device = ISSUER.license(Ed25519PrivateKey.generate(), queries=10)
+    for lic, reason in ((first, "duplicate"), (unchained, "broken-chain")):
+        led = fresh()
+        step(led, led.propose_license(first, T0), first)
+        forged = dataclasses.replace(
+            led.propose_license(ISSUER.license(DEVICE, previous=first.license_id), T0),
+            license_id=lic.license_id,
+            count=lic.queries,
+            ref=lic.digest,
+        )
+        with pytest.raises(LedgerTamperedError) as info:
+            led.apply(forged, lic, live=False)
+        assert info.value.details["reason"] == reason and info.value.details["seq"] == 1
+        assert led.licensed == 10
+    led = fresh()
+    entry = dataclasses.replace(
+        led.propose_license(first, T0), license_id=other_device.license_id, ref=other_device.digest
+    )
+    with pytest.raises(LedgerTamperedError) as info:
+        Ledger.replay(key_id(DEVICE), "tiny", [entry], {other_device.license_id: other_device})
+    assert info.value.details["reason"] == "other-device"
+
+
+def test_verify_chain_refuses_a_license_installed_twice() -> None:
+    led, log = fresh(), []
+    first = ISSUER.license(DEVICE, queries=10)
+    step(led, led.propose_license(first, T0), first, log)
+    again = dataclasses.replace(log[0], seq=1, prev_hash=log[0].hash)
+    with pytest.raises(LedgerTamperedError) as info:
+        verify_chain([log[0], again])
+    assert info.value.details["reason"] == "duplicate-license" and info.value.details["seq"] == 1

@@ -27,7 +27,7 @@ Semantics:
   a clock earlier than the last entry's time (set back) is refused the same way with
   ``reason="clock-set-back"``.
 * :func:`verify_chain` checks a whole chain: broken link, bad hash, sequence gap or reorder,
-  reservations beyond the licensed total, time going backwards — each a
+  reservations beyond the licensed total, time going backwards, a license installed twice — each a
   :class:`~tinymlops.errors.LedgerTamperedError` naming the reason and seq.
 """
 
@@ -51,6 +51,7 @@ from tinymlops.spec.usage_report import GENESIS_HASH, LedgerEntry
 def verify_chain(entries: Sequence[LedgerEntry]) -> str:
     """Check a whole chain from seq 0 and return its head hash (:data:`GENESIS_HASH` if empty)."""
     head, licensed, reserved, last_at, current = GENESIS_HASH, 0, 0, 0, None
+    installed: set[str] = set()
     for i, entry in enumerate(entries):
         if entry.seq != i:
             raise LedgerTamperedError(
@@ -71,6 +72,13 @@ def verify_chain(entries: Sequence[LedgerEntry]) -> str:
                 seq=entry.seq,
             )
         if entry.kind == "license":
+            if entry.license_id in installed:
+                raise LedgerTamperedError(
+                    f"ledger: entry seq {entry.seq} installs license {entry.license_id} a second time",
+                    reason="duplicate-license",
+                    seq=entry.seq,
+                )
+            installed.add(entry.license_id)
             licensed += entry.count
             current = entry.license_id
         else:
@@ -129,29 +137,7 @@ class Ledger:
     # --- licenses ------------------------------------------------------------------------------
     def propose_license(self, license: License, now: float) -> LedgerEntry:
         """The entry that installs ``license`` (verified by its signature already), or a refusal."""
-        details = {"license_id": license.license_id}
-        if license.device_id != self.device_id:
-            raise LicenseError(
-                f"license {license.license_id} is for device {license.device_id}, this device is {self.device_id}",
-                reason="other-device",
-                **details,
-            )
-        if license.model != self.model:
-            raise LicenseError(
-                f"license {license.license_id} is for model '{license.model}', this ledger meters '{self.model}'",
-                reason="other-model",
-                **details,
-            )
-        if license.license_id in self.licenses:
-            raise LicenseError(f"license {license.license_id} is already installed", reason="duplicate", **details)
-        current = self.current.license_id if self.current else None
-        if license.previous_license_id != current:
-            raise LicenseError(
-                f"license {license.license_id} tops up {license.previous_license_id or 'nothing'}, "
-                f"but the license in force is {current or 'none'}",
-                reason="broken-chain",
-                **details,
-            )
+        self._check_license(license)
         self._check_clock(now, license, early_ok=True)  # a license may be installed before it starts
         return LedgerEntry(
             seq=self.next_seq,
@@ -163,6 +149,37 @@ class Ledger:
             ref=license.digest,
             nonce=self._nonce(),
         )
+
+    def _check_license(self, license: License, *, seq: int | None = None) -> None:
+        """The rules a license must meet to join this chain: this device and model, not installed
+        yet, and either starting the chain or topping up the license in force. A refusal is a
+        :class:`LicenseError` when proposing; with ``seq`` (an entry already stored: applying or
+        replaying) the same rule broken is tampering, :class:`LedgerTamperedError` with the same reason."""
+
+        def refuse(message: str, reason: str) -> None:
+            if seq is None:
+                raise LicenseError(message, reason=reason, license_id=license.license_id)
+            raise LedgerTamperedError(f"ledger: entry seq {seq}: {message}", reason=reason, seq=seq)
+
+        if license.device_id != self.device_id:
+            refuse(
+                f"license {license.license_id} is for device {license.device_id}, this device is {self.device_id}",
+                "other-device",
+            )
+        if license.model != self.model:
+            refuse(
+                f"license {license.license_id} is for model '{license.model}', this ledger meters '{self.model}'",
+                "other-model",
+            )
+        if license.license_id in self.licenses:
+            refuse(f"license {license.license_id} is already installed", "duplicate")
+        current = self.current.license_id if self.current else None
+        if license.previous_license_id != current:
+            refuse(
+                f"license {license.license_id} tops up {license.previous_license_id or 'nothing'}, "
+                f"but the license in force is {current or 'none'}",
+                "broken-chain",
+            )
 
     # --- reservations and calls ------------------------------------------------------------------
     def propose_reserve(self, n: int, now: float) -> LedgerEntry:
@@ -202,7 +219,9 @@ class Ledger:
 
     def apply(self, entry: LedgerEntry, license: License | None = None, *, live: bool = True) -> None:
         """Put an entry in force (after it is durable). ``license`` is the verified license a
-        ``license`` entry installs. ``live=False`` (replaying a stored chain) opens no block."""
+        ``license`` entry installs: it must be the one the entry commits to and meet the same rules as
+        :meth:`propose_license` (else LedgerTamperedError: a stored chain that breaks them was forged).
+        ``live=False`` (replaying a stored chain) opens no block."""
         if entry.seq != self.next_seq or entry.prev_hash != self.head:
             raise LedgerTamperedError(
                 f"ledger: entry seq {entry.seq} does not follow the head (next seq {self.next_seq})",
@@ -229,6 +248,7 @@ class Ledger:
                     reason="counts",
                     seq=entry.seq,
                 )
+            self._check_license(license, seq=entry.seq)
             self.licenses[license.license_id] = license
             self.current = license
             self.licensed += entry.count
@@ -304,15 +324,7 @@ class Ledger:
         verify_chain(entries)
         ledger = cls(device_id, model)
         for entry in entries:
-            lic = licenses.get(entry.license_id) if entry.kind == "license" else None
-            if lic is not None and (lic.device_id != device_id or lic.model != model):
-                raise LedgerTamperedError(
-                    f"ledger: entry seq {entry.seq} installs license {lic.license_id}, which is for another "
-                    "device or model",
-                    reason="license-mismatch",
-                    seq=entry.seq,
-                )
-            ledger.apply(entry, lic, live=False)
+            ledger.apply(entry, licenses.get(entry.license_id) if entry.kind == "license" else None, live=False)
         return ledger
 
 
