@@ -16,6 +16,7 @@ from tinymlops.edge.middleware import PolicyContext, Request, Response, build_ch
 from tinymlops.errors import LicenseScopeError, QuotaExceededError, SignatureError, SpecError, UsageError
 from tinymlops.metering import Meter, MeteringHost, metering_bound, verify_usage_report
 from tinymlops.metering.license_signing import SignedLicense
+from tinymlops.spec.usage_report import MAX_REPORT_ENTRIES
 
 
 @pytest.fixture
@@ -111,6 +112,28 @@ def test_usage_report_is_signed_by_the_device_and_matches_the_chain(world) -> No
     assert meter.usage_report(since_seq=3) is None
     with pytest.raises(SignatureError):
         verify_usage_report(signed, public_bytes(Ed25519PrivateKey.generate()))
+    meter.close()
+
+
+def test_a_ledger_longer_than_one_report_is_sent_in_several(world) -> None:
+    """Beyond MAX_REPORT_ENTRIES entries a report carries the first MAX of them and the next one
+    continues (it used to raise SpecError: no report at all past 4096 entries)."""
+    issuer, device, _clock, open_meter = world
+    meter = open_meter(block=1, counter=False)
+    meter.store._conn.execute("PRAGMA synchronous=OFF")  # test speed only: durability is not under test here
+    meter.install(issuer.signed(device, queries=MAX_REPORT_ENTRIES + 50))
+    for _ in range(MAX_REPORT_ENTRIES + 9):
+        meter.authorize()
+    total = meter.ledger.next_seq
+    assert total == MAX_REPORT_ENTRIES + 10
+    first = verify_usage_report(meter.usage_report(0), public_bytes(device))
+    assert (first.first_seq, first.last_seq, first.block_remaining) == (0, MAX_REPORT_ENTRIES - 1, 0)
+    assert len(first.entries) == MAX_REPORT_ENTRIES
+    rest = verify_usage_report(meter.usage_report(first.last_seq + 1), public_bytes(device))
+    assert (rest.first_seq, rest.last_seq, rest.head_before) == (MAX_REPORT_ENTRIES, total - 1, first.head_after)
+    assert rest.head_after == meter.ledger.head and first.licensed + rest.licensed == meter.limit
+    assert first.reserved + rest.reserved == MAX_REPORT_ENTRIES + 9
+    assert meter.usage_report(total) is None
     meter.close()
 
 

@@ -263,9 +263,17 @@ class LedgerStore:
         if self.counter is not None:
             self.counter.advance(entry.seq, entry.hash)
 
-    def entries(self, since_seq: int = 0) -> list[LedgerEntry]:
-        rows = self._conn.execute("SELECT body FROM entries WHERE seq >= ? ORDER BY seq", (since_seq,)).fetchall()
-        return [LedgerEntry.from_bytes(bytes(body)) for (body,) in rows]
+    def bodies(self, since_seq: int = 0, *, limit: int | None = None) -> list[bytes]:
+        """The stored bytes of the entries from ``since_seq`` on, in order, at most ``limit`` of them
+        (None: all). Unparsed: cheap enough to read under a caller's lock, parsed outside it."""
+        rows = self._conn.execute(
+            "SELECT body FROM entries WHERE seq >= ? ORDER BY seq LIMIT ?", (since_seq, -1 if limit is None else limit)
+        ).fetchall()
+        return [bytes(body) for (body,) in rows]
+
+    def entries(self, since_seq: int = 0, *, limit: int | None = None) -> list[LedgerEntry]:
+        """The entries from ``since_seq`` on, in order, at most ``limit`` of them (None: all)."""
+        return [LedgerEntry.from_bytes(body) for body in self.bodies(since_seq, limit=limit)]
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):

@@ -43,7 +43,7 @@ from tinymlops.metering.ledger import Ledger
 from tinymlops.metering.ledger_store import LedgerStore, MonotonicCounter, default_counter
 from tinymlops.metering.license_signing import SignedLicense, SignedUsageReport, sign_usage_report, verify_license
 from tinymlops.spec.license import License
-from tinymlops.spec.usage_report import UsageReport
+from tinymlops.spec.usage_report import MAX_REPORT_ENTRIES, LedgerEntry, UsageReport
 
 if TYPE_CHECKING:
     from tinymlops.edge.middleware import CallNext, PolicyContext, Request, Response
@@ -160,18 +160,28 @@ class Meter:
 
     # --- reports -----------------------------------------------------------------------------------
     def usage_report(self, since_seq: int = 0) -> SignedUsageReport | None:
-        """The signed report of the entries from ``since_seq`` on (None when there are none)."""
+        """The signed report of the entries from ``since_seq`` on, at most
+        :data:`~tinymlops.spec.usage_report.MAX_REPORT_ENTRIES` of them (the next report starts at this
+        one's ``last_seq + 1``); None when there are none.
+
+        Only the stored bytes and the ledger's state are read under the lock (a few ms at the
+        maximum); parsing, building and signing run outside it, so :meth:`authorize` is not held up.
+        ``block_remaining`` is the open block's when the report reaches the head of the chain, else 0
+        (every block in a report that stops short of the head is closed)."""
         with self._lock:
-            entries = self.store.entries(since_seq)
-            if not entries:
-                return None
-            report = UsageReport.build(
-                device_id=self.ledger.device_id,
-                entries=entries,
-                block_remaining=self.ledger.block_remaining,
-                created_at=int(self._clock()),
-                license_id=self.ledger.current.license_id if self.ledger.current else None,
-            )
+            bodies = self.store.bodies(since_seq, limit=MAX_REPORT_ENTRIES)
+            next_seq = self.ledger.next_seq
+            block_remaining = self.ledger.block_remaining
+        entries = [LedgerEntry.from_bytes(body) for body in bodies]
+        entries = [e for e in entries if e.seq < next_seq]  # a row written but not in force: not yet
+        if not entries:
+            return None
+        report = UsageReport.build(
+            device_id=self.ledger.device_id,
+            entries=entries,
+            block_remaining=block_remaining if entries[-1].seq == next_seq - 1 else 0,
+            created_at=int(self._clock()),
+        )
         return sign_usage_report(report, self._key)
 
     def close(self) -> None:

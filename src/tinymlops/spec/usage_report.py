@@ -26,6 +26,7 @@ only an unsupported major version is refused)::
       "head_after": "<64 hex>",                             # hash of entry last_seq
       "licensed": 0, "reserved": 512,                       # sums of the entries' counts by kind
       "block_remaining": 17,                                # calls of the open block not yet served
+                                                            # (0 when the report stops short of the head)
       "entries": [<ledger entry>, ...],                      # exactly first_seq ..= last_seq
       "created_at": 1718000060
     }
@@ -199,14 +200,14 @@ class UsageReport:
         entries: Sequence[LedgerEntry],
         block_remaining: int,
         created_at: int,
-        license_id: str | None = None,
     ) -> UsageReport:
-        """The report over ``entries`` (consecutive, linked), counts summed here; checked by the parser."""
+        """The report over ``entries`` (consecutive, linked), counts summed here; checked by the parser.
+        Its ``license_id`` is the last entry's: the license in force at it."""
         if not entries:
             raise SpecError("usage report: needs at least one ledger entry")
         report = cls(
             device_id=device_id,
-            license_id=license_id or entries[-1].license_id,
+            license_id=entries[-1].license_id,
             first_seq=entries[0].seq,
             last_seq=entries[-1].seq,
             head_before=entries[0].prev_hash,
