@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from metering_world import Clock, Issuer
 from tinymlops.errors import LedgerTamperedError, QuotaExceededError
 from tinymlops.metering import Meter
+from tinymlops.spec.usage_report import LedgerEntry
 
 
 @pytest.fixture
@@ -101,3 +102,33 @@ def test_truncating_the_tail_or_deleting_the_ledger_is_caught_by_the_counter(set
         path.with_name(path.name + extra).unlink(missing_ok=True)
     with pytest.raises(LedgerTamperedError, match="deleted"):
         open_meter(True)  # a fresh ledger to reinstall the same license on: refused
+
+
+@pytest.mark.parametrize("counter", [True, False])
+def test_a_middle_reservation_deleted_with_every_hash_recomputed(setup, counter: bool) -> None:
+    """No key is on the chain: deleting a row and relinking/rehashing the rest gives a valid, shorter
+    chain. The counter (ahead of it) refuses it; without one it opens, with the deleted block regained."""
+    path, signed, open_meter = setup
+    meter = open_meter(counter)
+    meter.install(signed)
+    use(meter, 12)  # seq 1, 2, 3: three blocks of 4
+    meter.close()
+    conn = sqlite3.connect(path)
+    rows = [LedgerEntry.from_bytes(b) for (b,) in conn.execute("SELECT body FROM entries ORDER BY seq")]
+    del rows[2]
+    head = "0" * 64
+    with conn:
+        conn.execute("DELETE FROM entries")
+        for seq, e in enumerate(rows):
+            e = LedgerEntry(seq, head, e.kind, e.license_id, e.count, e.at, e.ref, e.nonce)
+            conn.execute("INSERT INTO entries (seq, body, hash) VALUES (?, ?, ?)", (seq, e.to_bytes(), e.hash))
+            head = e.hash
+    conn.close()
+    if counter:
+        with pytest.raises(LedgerTamperedError, match="entries were deleted") as info:
+            open_meter(counter)
+        assert info.value.details["reason"] == "rollback"
+    else:
+        meter = open_meter(counter)  # accepted here: only the server's reconciliation can see it
+        assert meter.remaining == 16 - 8
+        meter.close()

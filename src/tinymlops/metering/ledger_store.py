@@ -11,6 +11,14 @@ reordered row, counts that do not add up, a license whose bytes changed — rais
 :class:`~tinymlops.errors.LedgerTamperedError`: the store does not open, metered predictions stay
 refused, and the device must be re-licensed (it never fails open).
 
+The limit: no key is on the chain (the hashes only link entries), so edits and deletions are caught
+this way only while the hashes are left as they were. An attacker who deletes or edits rows and
+recomputes every later hash builds a valid chain; what still refuses it is what the chain cannot
+rewrite — the signed licenses (a license entry's count and digest, the rules a license must meet,
+reservations within the licensed total) and the monotonic counter below (a chain made shorter than
+the counter's seq, or with another hash at it). A reservation deleted from the middle with the
+hashes recomputed is refused with the counter and accepted without it, like an older copy.
+
 **Monotonic counter.** A chain truncated at its end, or an older copy of the file put back, is
 still a valid chain: nothing inside the file can tell. :class:`MonotonicCounter` is the interface
 point for something outside it that only moves forward — a TPM NV counter, a secure element, an
