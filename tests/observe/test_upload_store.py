@@ -335,3 +335,43 @@ def test_no_raw_input_row_is_in_an_uploaded_payload(tmp_path: Path) -> None:
     assert len(seen & raw) <= 2 * 4
     for row in x[:20]:
         assert json.dumps([float(v) for v in row]) not in payload
+
+
+def test_a_file_deleted_under_a_batch_in_flight_keeps_the_new_files_windows_and_counts(tmp_path: Path) -> None:
+    clock = Clock()
+    path = tmp_path / "t.sqlite3"
+    store = open_store(path, clock, max_windows=2)
+    for i in range(3):  # two wait, one merge counted
+        store.add(perf_window(B1, 10.0 * i, 1))
+    batch = store.next_batch()
+    assert batch.windows == 2 and opened(batch).store.merged_windows == 1
+    path.unlink()  # the file goes; the next operation opens a fresh one, whose row ids restart at 1
+    for i in range(3):
+        store.add(perf_window(B2, 100.0 + 10.0 * i, 2))
+    assert store.acknowledge(batch.digest) == 2  # delivered from memory
+    status = store.status()
+    # the new file's two windows and its own merge survive: nothing of it deleted or subtracted
+    assert (status.pending_windows, status.merged_windows, status.dropped_windows) == (2, 1, 0)
+    sent = opened(store.next_batch())
+    assert [w.bundle_id for w in sent.windows] == [B2, B2]
+    assert sum(w.performance.requests for w in sent.windows) == 6
+
+
+def test_a_file_replaced_by_another_stores_file_keeps_that_files_windows(tmp_path: Path) -> None:
+    clock = Clock()
+    path = tmp_path / "t.sqlite3"
+    store = open_store(path, clock)
+    for i in range(3):
+        store.add(perf_window(B1, 10.0 * i, 1))
+    batch = store.next_batch()
+    other_path = tmp_path / "other.sqlite3"
+    with open_store(other_path, clock, max_windows=2) as other:
+        for i in range(3):
+            other.add(perf_window(B3, 100.0 + 10.0 * i, 5))
+    other_path.replace(path)  # another store's file (row ids 1 and 3, one merge) takes its place
+    assert store.refuse(batch.digest, "400 test") == 3
+    status = store.status()
+    assert (status.pending_windows, status.merged_windows, status.dropped_windows) == (2, 1, 3)
+    sent = opened(store.next_batch())
+    assert [w.bundle_id for w in sent.windows] == [B3, B3]
+    assert sum(w.performance.requests for w in sent.windows) == 15

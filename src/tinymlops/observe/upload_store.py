@@ -35,7 +35,9 @@ merge-then-drop rule), batches are made from them, and the condition goes out as
 since is still reported once). Every operation first tries the file again, and moves the windows
 held in memory into it when it can. A write that fails leaves the file as it was (one transaction),
 so nothing is half-written. A file replaced or deleted under the store is noticed (by its inode) and
-reopened.
+reopened; each file carries a random id (in ``meta``), and when the reopened file is another one,
+the row ids and counts known from the old file are forgotten (the batch in flight keeps its bytes
+and may still be acknowledged) — nothing of the new file is deleted or subtracted in their name.
 
 Thread-safe (one lock). In the edge closure: the standard library, numpy, datasketches and
 ``cryptography``.
@@ -46,6 +48,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -243,6 +246,7 @@ class UploadStore:
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._inode: tuple[int, int] | None = None
+        self._file_id: str | None = None  # the random id of the file the row ids below belong to
         self._loaded = False  # the file was read at least once: the budgets in memory are authoritative
         self._budgets: dict[str, EpsilonBudget] = {}
         self._inflight: _Inflight | None = None
@@ -277,8 +281,13 @@ class UploadStore:
 
     def _ensure(self) -> bool:
         """The file is open (opened again if it was replaced or could not be opened before)."""
-        if self._conn is not None and self._file_identity() == self._inode:
-            return True
+        if self._conn is not None:
+            if self._file_identity() == self._inode:
+                return True
+            # replaced or deleted: empty the old file's log into it (through the handle still open), so
+            # the new file at this path does not replay the stale log over its own pages
+            with suppress(sqlite3.Error):
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._close_conn()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -302,12 +311,19 @@ class UploadStore:
                     conn.execute("INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
                 elif row[0] != str(SCHEMA_VERSION):
                     raise sqlite3.DatabaseError(f"schema version {row[0]}, this build reads {SCHEMA_VERSION}")
+                row = conn.execute("SELECT value FROM meta WHERE key = 'file_id'").fetchone()
+                file_id = secrets.token_hex(16) if row is None else str(row[0])
+                if row is None:
+                    conn.execute("INSERT INTO meta (key, value) VALUES ('file_id', ?)", (file_id,))
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
             self._conn = conn
             self._inode = self._file_identity()
+            previous, self._file_id = self._file_id, file_id
+            if previous is not None and file_id != previous:
+                self._forget_old_file()
             self._load()
         except (sqlite3.Error, OSError) as exc:
             self._conn = conn
@@ -316,6 +332,17 @@ class UploadStore:
             return False
         self._problem = None
         return True
+
+    def _forget_old_file(self) -> None:
+        """The file was replaced or deleted: row ids (and the counts in its meta) known from the old
+        file mean nothing in this one. The batch in flight keeps its bytes (it may still be sent and
+        acknowledged from memory) but no longer names rows or counts to delete or subtract here."""
+        log.warning("telemetry upload store %s was replaced or deleted: reopened", self.path)
+        inflight = self._inflight
+        if inflight is not None:
+            inflight.rows = []
+            inflight.merged = inflight.dropped = 0
+        self._mem.forget_rows = []
 
     def _load(self) -> None:
         """Budgets and the batch in flight from the file (memory keeps what is newer)."""
@@ -736,11 +763,12 @@ class UploadStore:
             inflight = self._inflight
             if inflight is None or inflight.batch.digest != digest:
                 raise UsageError(f"no batch {digest[:16]}… is in flight")
+            reachable = self._ensure()  # first: a file replaced since makes the batch forget its rows
             self._inflight = None
             n = inflight.batch.windows
             merged, dropped = (-inflight.merged, -inflight.dropped) if delivered else (0, n)
             done = False
-            if self._ensure():
+            if reachable:
                 try:
                     with self._txn() as c:
                         c.execute("DELETE FROM windows WHERE batch = ?", (digest,))
