@@ -2,7 +2,7 @@
 recorder windows (digits through ONNX Runtime) signed with real device keys, against a live server.
 
 Accepted batches are stored once with what the server knows (release, ref, model, profile, tags,
-percentiles); everything hostile — a tampered body, a bad or foreign signature, a corrupted sketch,
+latency buckets); everything hostile — a tampered body, a bad or foreign signature, a corrupted sketch,
 an oversized body, a gzip bomb, a replay, an overlapping window, a bundle never published to the
 device — is refused with a clear 4xx and stores nothing, and valid data is never lost."""
 
@@ -28,9 +28,10 @@ from tinymlops.crypto.signing import sign
 from tinymlops.devices.client import DeviceClient
 from tinymlops.devices.request_auth import sign_request
 from tinymlops.edge.agent.serving_stats import LatencyHistogram
+from tinymlops.observe.recorder import latency_histogram
 from tinymlops.observe.sealing import CONTENT_TYPE, DOMAIN, SIGNATURE_HEADER, seal_batch
 from tinymlops.release.repository import UpdateRepository
-from tinymlops.spec.telemetry import MAX_BATCH_BYTES, StoreStatus, TelemetryBatch
+from tinymlops.spec.telemetry import MAX_BATCH_BYTES, Performance, StoreStatus, TelemetryBatch
 
 delivery = delivery_world.delivery  # the live world (fixture)
 delivery_any_db = delivery_world.delivery_any_db
@@ -94,16 +95,16 @@ def test_a_batch_is_stored_once_with_what_the_server_knows(delivery_any_db: Worl
         assert (row["window_start"], row["window_end"]) == (window.window_start, window.window_end)
         assert window.inputs is not None
         assert (row["requests"], row["errors"], row["rows"]) == (window.performance.requests, 0, window.inputs.rows)
-        # percentiles: the same histogram filled from the raw latencies the device saw
-        h = LatencyHistogram()
-        for s in dev.by_window[window.window_start]:
-            h.add(s)
-        want = [v * 1e3 for v in h.quantiles([0.5, 0.95, 0.99])]
-        assert [row["p50_ms"], row["p95_ms"], row["p99_ms"]] == pytest.approx(want, rel=1e-12)
         assert row["energy_method"] == "model" and row["energy_j"] == pytest.approx(5.0 * 1e-3)
         assert row["energy_inferences"] == window.performance.requests
         perf = row["performance"] if isinstance(row["performance"], dict) else json.loads(row["performance"])
         assert perf == window.performance.to_dict()
+        # percentiles: the stored buckets give the histogram filled from the raw latencies the device saw
+        h = LatencyHistogram()
+        for s in dev.by_window[window.window_start]:
+            h.add(s)
+        stored = latency_histogram(Performance.from_dict(perf).latency)
+        assert stored.quantiles([0.5, 0.95, 0.99]) == pytest.approx(h.quantiles([0.5, 0.95, 0.99]), rel=1e-12)
     view = world.plane.http(world.read_key).get(f"/v1/devices/{dev.device_id}/telemetry")
     assert view.status_code == 200, view.text
     assert view.json()["batches"][0]["digest"] == sealed.digest and view.json()["store_flagged"] is False

@@ -33,9 +33,9 @@ published (``release_assignments``), the bundle such an assignment replaced on t
 (``device_offers``), or a bundle published in the update repository for the device's own target or
 one of its cohorts (its tags). Each window is stored with what the server knows, not what the device
 claims: the release, the variant ref (and from it, with :func:`tinymlops.registry.refs.parse_ref`,
-the model name and base version), the device's profile and tags at ingestion, p50/p95/p99 read from
-the latency buckets, the energy and peak memory, and the spec's performance/inputs/privacy sections
-as JSON.
+the model name and base version), the device's profile and tags at ingestion, the energy and peak
+memory, and the spec's performance/inputs/privacy sections as JSON (latency stays as its buckets:
+every reader merges buckets across windows, so no per-window percentile is stored).
 
 Server side (SQLAlchemy): the edge closure never imports this module.
 """
@@ -64,13 +64,12 @@ from tinymlops.errors import (
     UsageError,
     WindowOverlapError,
 )
-from tinymlops.observe.recorder import latency_histogram
 from tinymlops.observe.schema import TelemetryBatchRow, TelemetryWindowRow
 from tinymlops.observe.sealing import MAX_BODY_BYTES, OpenedBatch, open_batch
 from tinymlops.registry.db import session_factory
 from tinymlops.registry.refs import parse_ref
 from tinymlops.release.schema import DeviceOfferRow, ReleaseAssignmentRow
-from tinymlops.spec.telemetry import LatencyBuckets, StoreStatus, TelemetryWindow
+from tinymlops.spec.telemetry import StoreStatus, TelemetryWindow
 from tinymlops.spec.update import TargetPath
 
 log = logging.getLogger("tinymlops.observe")
@@ -169,14 +168,6 @@ def batch_record(row: TelemetryBatchRow) -> TelemetryBatchRecord:
     )
 
 
-def latency_ms(buckets: LatencyBuckets | None) -> tuple[float | None, float | None, float | None]:
-    """p50, p95 and p99 (milliseconds) of a window's latency buckets (None without successful calls)."""
-    if buckets is None or buckets.count == 0:
-        return None, None, None
-    p50, p95, p99 = latency_histogram(buckets).quantiles([0.5, 0.95, 0.99])
-    return p50 * 1e3, p95 * 1e3, p99 * 1e3
-
-
 def window_row(
     batch_id: int,
     *,
@@ -190,7 +181,6 @@ def window_row(
     """The ``telemetry_windows`` row of one window of an accepted batch: the columns queries filter and
     chart on, and the spec's sections as JSON."""
     perf = window.performance
-    p50, p95, p99 = latency_ms(perf.latency)
     energy = perf.energy
     return TelemetryWindowRow(
         batch_id=batch_id,
@@ -206,9 +196,6 @@ def window_row(
         window_end=window.window_end,
         requests=perf.requests,
         errors=perf.errors,
-        p50_ms=p50,
-        p95_ms=p95,
-        p99_ms=p99,
         energy_j=None if energy is None else energy.joules_per_inference,
         energy_method=None if energy is None else energy.method,
         energy_inferences=None if energy is None else energy.inferences,
@@ -473,5 +460,4 @@ __all__ = [
     "TelemetryBatchRecord",
     "TelemetryIngest",
     "batch_record",
-    "latency_ms",
 ]

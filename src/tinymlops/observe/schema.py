@@ -74,9 +74,6 @@ class TelemetryWindowRow(Base):
     window_end: Mapped[float] = mapped_column(Float)
     requests: Mapped[int] = mapped_column(BigInteger)
     errors: Mapped[int] = mapped_column(BigInteger)
-    p50_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
-    p95_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
-    p99_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     energy_j: Mapped[float | None] = mapped_column(Float, nullable=True)  # joules per inference
     energy_method: Mapped[str | None] = mapped_column(String(16), nullable=True)
     energy_inferences: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
