@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from metering_world import Clock, Issuer
 from tinymlops.errors import LedgerTamperedError, QuotaExceededError
-from tinymlops.metering import Meter
+from tinymlops.metering import FileCounter, Meter
 from tinymlops.spec.usage_report import LedgerEntry
 
 
@@ -132,3 +132,15 @@ def test_a_middle_reservation_deleted_with_every_hash_recomputed(setup, counter:
         meter = open_meter(counter)  # accepted here: only the server's reconciliation can see it
         assert meter.remaining == 16 - 8
         meter.close()
+
+
+def test_the_file_counter_refuses_to_move_back(tmp_path: Path) -> None:
+    counter = FileCounter(tmp_path / "tiny.ledger.sqlite3.counter")
+    counter.advance(-1, "0" * 64)
+    counter.advance(5, "a" * 64)
+    with pytest.raises(LedgerTamperedError, match="refusing to move back") as info:
+        counter.advance(4, "b" * 64)
+    assert info.value.details["reason"] == "rollback"
+    assert counter.read() == (5, "a" * 64)  # unchanged
+    counter.advance(5, "c" * 64)  # the same seq again (open's catch-up after a crash) is allowed
+    assert counter.read() == (5, "c" * 64)

@@ -221,3 +221,20 @@ def test_verify_chain_refuses_a_license_installed_twice() -> None:
     with pytest.raises(LedgerTamperedError) as info:
         verify_chain([log[0], again])
     assert info.value.details["reason"] == "duplicate-license" and info.value.details["seq"] == 1
+
+
+def test_the_latest_license_sets_the_window_so_a_top_up_extends_or_shortens_it() -> None:
+    """The rule (module doc): the window is the latest license's, whichever way it moves — the
+    issuer's newest signed word governs, and the queries left of earlier licenses are served in it."""
+    first = ISSUER.license(DEVICE, queries=10, valid_until=T0 + 100)
+    for until, served_at, refused_at in ((T0 + 1000, T0 + 500, T0 + 1000), (T0 + 50, T0 + 49, T0 + 50)):
+        led = fresh()
+        led.apply(led.propose_license(first, T0), first)
+        top = ISSUER.license(DEVICE, queries=10, previous=first.license_id, valid_until=until)
+        led.apply(led.propose_license(top, T0), top)
+        led.apply(led.propose_reserve(4, T0))
+        assert led.authorize(served_at)  # inside the top-up's window (after the first's end when extended)
+        with pytest.raises(LicenseExpiredError) as info:
+            led.authorize(refused_at)  # at the top-up's end (before the first's end when shortened)
+        assert info.value.details["reason"] == "expired" and info.value.details["valid_until"] == until
+        assert led.block_remaining == 3  # the refused call took nothing

@@ -192,3 +192,34 @@ def test_the_policy_needs_a_bound_host_and_a_strict_table(tmp_path: Path, world)
             handler(Request(np.zeros(1)))
         assert len(calls) == 2  # the refused call never reached the model
     host.close()
+
+
+def test_signatures_are_domain_separated(world) -> None:
+    """A signature over the same bytes made for another kind of document (or with no domain prefix)
+    never verifies: not as a license, not as a usage report."""
+    from tinymlops.metering.license_signing import (
+        LICENSE_DOMAIN,
+        USAGE_REPORT_DOMAIN,
+        SignedUsageReport,
+        sign_usage_report,
+    )
+    from tinymlops.spec.usage_report import UsageReport
+
+    issuer, device, _clock, open_meter = world
+    meter = open_meter()
+    data = issuer.license(device, queries=5).to_bytes()
+    for signature in (issuer.key.sign(USAGE_REPORT_DOMAIN + data), issuer.key.sign(data)):
+        with pytest.raises(SignatureError, match="does not verify"):
+            meter.install(SignedLicense(data, signature))
+    meter.install(SignedLicense(data, issuer.key.sign(LICENSE_DOMAIN + data)))  # the right domain: accepted
+    report = sign_usage_report(
+        UsageReport.build(
+            device_id=meter.ledger.device_id, entries=meter.store.entries(), block_remaining=0, created_at=1
+        ),
+        device,
+    )
+    verify_usage_report(report, public_bytes(device))
+    for signature in (device.sign(LICENSE_DOMAIN + report.data), device.sign(report.data)):
+        with pytest.raises(SignatureError, match="does not verify"):
+            verify_usage_report(SignedUsageReport(report.data, signature), public_bytes(device))
+    meter.close()

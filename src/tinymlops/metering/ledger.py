@@ -17,7 +17,9 @@ Semantics:
   (:func:`~tinymlops.metering.license_signing.verify_license`); it must be for this device and
   model, and either start a chain (no ``previous_license_id``, nothing installed yet) or top up
   the license in force (``previous_license_id`` = its id). Queries of a chain are pooled; the
-  validity window and version range are those of the latest license (a top-up can extend them).
+  validity window and version range are those of the latest license, whichever way they move: a
+  top-up can extend them or shorten them (the issuer's newest signed word governs, and the queries
+  left of earlier licenses are served inside it).
 * **Reservations** — a block of calls is written before any of them runs. Calls of the open
   block are counted in memory only. After a crash, :meth:`replay` rebuilds the state from the
   entries with no open block: the calls left in it are lost, never regained. So the usable count
