@@ -252,8 +252,6 @@ def policy_set(
         service = DriftService(ws.engine, ws.registry)
         current = service.policy(model)
         settings: dict[str, Any] = {} if reset else current.policy.to_dict()
-        if reset:
-            settings = {}
         if threshold:
             settings["thresholds"] = {**settings.get("thresholds", {}), **parse_thresholds(threshold)}
         changes = {

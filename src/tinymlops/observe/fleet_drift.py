@@ -296,21 +296,30 @@ class FeatureVerdict:
         return 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        doc = self.finding.to_dict()
+        doc = _finding_doc(self.finding)
         kind, _, index = self.name.partition(":")
         return {
             "name": self.name,
             "kind": kind,
             "index": int(index) if index.isdigit() else None,
             "derived": self.derived,
-            "verdict": doc["verdict"],
+            "verdict": doc.pop("verdict"),
             "strength": self.strength,
-            "n_reference": doc["n_reference"],
-            "n_live": doc["n_live"],
-            "reason": doc["reason"],
-            "deciding_tests": [r["test"] for r in doc["results"] if r["decides"]],
-            "tests": {r["test"]: {k: v for k, v in r.items() if k != "test"} for r in doc["results"]},
+            **doc,
         }
+
+
+def _finding_doc(finding: DriftFinding) -> dict[str, Any]:
+    """A finding's verdict, sizes, reason, deciding tests and every test's numbers (by test name)."""
+    doc = finding.to_dict()
+    return {
+        "verdict": doc["verdict"],
+        "n_reference": doc["n_reference"],
+        "n_live": doc["n_live"],
+        "reason": doc["reason"],
+        "deciding_tests": [r["test"] for r in doc["results"] if r["decides"]],
+        "tests": {r["test"]: {k: v for k, v in r.items() if k != "test"} for r in doc["results"]},
+    }
 
 
 @dataclass(frozen=True)
@@ -377,18 +386,7 @@ class CohortDrift:
         report = self.report
 
         def histogram(finding: DriftFinding | None, estimate: HistogramEstimate) -> dict[str, Any] | None:
-            if finding is None:
-                return None
-            doc = finding.to_dict()
-            return {
-                "verdict": doc["verdict"],
-                "n_reference": doc["n_reference"],
-                "n_live": doc["n_live"],
-                "reason": doc["reason"],
-                "deciding_tests": [r["test"] for r in doc["results"] if r["decides"]],
-                "tests": {r["test"]: {k: v for k, v in r.items() if k != "test"} for r in doc["results"]},
-                "live": estimate.to_dict(),
-            }
+            return None if finding is None else {**_finding_doc(finding), "live": estimate.to_dict()}
 
         return {
             "by": self.by,

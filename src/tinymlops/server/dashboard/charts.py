@@ -160,7 +160,7 @@ def grouped_bar_chart(
     """Horizontal bars: for each group a heading, for each bar of it a row with one bar per series.
     The x axis (0 to a round number above the largest value) has ticks, grid lines and
     ``axis_label`` (default: ``unit``); values are named with ``unit`` in the titles and description."""
-    ident = re.sub(r"[^A-Za-z0-9_-]", "-", chart_id) or "chart"
+    ident = _ident(chart_id)
     nseries = max(len(series), 1)
     row_h = nseries * BAR_H + (nseries - 1) * BAR_GAP + ROW_GAP
     values = [_finite(v) for g in groups for b in g.bars for v in b.values[:nseries]]
@@ -332,19 +332,15 @@ def heatmap(
     *,
     title: str,
     chart_id: str = "heatmap",
-    row_keys: Sequence[str] | None = None,
-    column_keys: Sequence[str] | None = None,
 ) -> str:
     """A ``len(rows)`` × ``len(columns)`` grid; ``cells[i][j]`` is row i, column j (missing cells
-    are drawn as no data). ``row_keys``/``column_keys`` (default: the labels) go to the cells'
-    ``data-row``/``data-column``. The description lists the marked cells."""
+    are drawn as no data). The labels go to the cells' ``data-row``/``data-column``. The
+    description lists the marked cells."""
     ident = _ident(chart_id)
     ncols = max(len(columns), 1)
     cell = max(HEAT_MIN_CELL, min(HEAT_MAX_CELL, (HEAT_WIDTH - HEAT_LABEL_W - 10) / ncols))
     width = HEAT_LABEL_W + cell * ncols + 10
     height = HEAT_TOP + cell * max(len(rows), 1) + 8
-    rkeys = list(row_keys) if row_keys is not None else list(rows)
-    ckeys = list(column_keys) if column_keys is not None else list(columns)
     font = max(7.0, min(11.0, cell - 2))
     parts: list[str] = []
     for j, name in enumerate(columns):
@@ -380,10 +376,8 @@ def heatmap(
             body = f"<title>{svg_text(c.title)}</title>{rect}{cross}"
             if c.href:
                 body = f'<a href="{svg_text(c.href)}">{body}</a>'
-            row_key = rkeys[i] if i < len(rkeys) else name
-            col_key = ckeys[j] if j < len(ckeys) else columns[j]
             parts.append(
-                f'<g class="heat-cell" data-row="{svg_text(row_key)}" data-column="{svg_text(col_key)}" '
+                f'<g class="heat-cell" data-row="{svg_text(name)}" data-column="{svg_text(columns[j])}" '
                 f'data-verdict="{svg_text(c.verdict)}">{body}</g>'
             )
     if not rows or not columns:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from tinymlops.observe.drift_tests import DRIFT_TESTS
 from tinymlops.server.dashboard.charts import (
     HEAT_LEVELS,
     Bar,
@@ -118,6 +119,11 @@ def _empty_page(view: DriftEmpty, who: str) -> str:
     return layout(f"Drift of {view.model}", body, who=who)
 
 
+def _on_p_value(test: str) -> bool:
+    """Does ``test`` decide on its p-value (else on its statistic)?"""
+    return DRIFT_TESTS[test].decides_on == "p_value"
+
+
 def _span(time_range: dict[str, str | None]) -> str:
     since, until = time_range["since"], time_range["until"]
     if since is None and until is None:
@@ -131,7 +137,7 @@ def _facts(view: DriftView) -> str:
     policy = doc["policy"]
     tr = doc["time_range"]
     deciding = ", ".join(
-        f"{t} ({'p <' if t in ('ks', 'chi_square') else '≥'} {policy['thresholds'].get(t)})"
+        f"{t} ({'p <' if _on_p_value(t) else '≥'} {policy['thresholds'].get(t)})"
         for t in policy["deciding_feature_tests"]
     )
     excluded = "".join(f'<li><span class="num">{n}</span> {esc(reason)}</li>' for reason, n in doc["excluded"].items())
@@ -228,7 +234,7 @@ def _heatmap(view: DriftView, names: tuple[str, ...], chart_id: str, title: str)
 
 def _scale_note(view: DriftView) -> str:
     policy = view.doc["policy"]
-    statistic_tests = [t for t in policy["deciding_feature_tests"] if t not in ("ks", "chi_square")]
+    statistic_tests = [t for t in policy["deciding_feature_tests"] if not _on_p_value(t)]
     what = statistic_tests[0] if statistic_tests else policy["deciding_feature_tests"][0]
     return (
         f'<p class="legend" id="heat-scale">{heat_legend("0", "2 × threshold")} Colour: the deciding test '
@@ -465,7 +471,7 @@ def telemetry_page(view: TelemetryView, who: str) -> str:
                 tuple(
                     Bar(
                         f"{c.ref or NONE} ({c.stats.energy_method or 'none'})",
-                        (None if c.stats.energy_j_per_inference is None else 1e3 * c.stats.energy_j_per_inference,),
+                        (_mj(c.stats.energy_j_per_inference),),
                     )
                     for c in rows
                 ),

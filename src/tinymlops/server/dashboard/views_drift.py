@@ -126,9 +126,6 @@ class DecidingStatistic:
 
     test: str
     statistic: float | None
-    threshold: float
-    threshold_on: str  # "statistic" | "p_value"
-    p_value: float | None
     level: float | None  # 0..1 on the colour scale; the threshold at 0.5
 
 
@@ -146,7 +143,7 @@ def deciding_statistic(feature: dict[str, Any]) -> DecidingStatistic | None:
         level = min(stat / (2 * thr), 1.0) if thr > 0 else (1.0 if stat > 0 else 0.0)
     elif p is not None and 0 < thr < 1:
         level = min(-math.log10(max(p, 1e-300)) / (2 * -math.log10(thr)), 1.0)
-    return DecidingStatistic(name, stat, thr, str(t.get("threshold_on")), p, level)
+    return DecidingStatistic(name, stat, level)
 
 
 def _short(value: float | None) -> str:

@@ -17,7 +17,6 @@ The router is a thin shell over :class:`~tinymlops.observe.fleet_drift.DriftServ
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -26,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from tinymlops.errors import SpecError, UsageError
 from tinymlops.observe.drift import DriftPolicy
-from tinymlops.observe.fleet_drift import MAX_COHORT_CHARS, DriftService, StoredPolicy, TimeRange
+from tinymlops.observe.fleet_drift import MAX_COHORT_CHARS, DriftService, StoredPolicy
 from tinymlops.observe.references import ReferenceService
 from tinymlops.registry.refs import NAME, SEGMENT
 from tinymlops.server.deps import ReadKey, ReleaseKey, Services, ServicesDep
@@ -258,12 +257,9 @@ def drift_report(
     statistic, p-value and threshold, prediction and confidence drift (privatized histograms
     de-biased), a verdict. 404 for an unknown model or version, no reference profile, no telemetry in
     the time range or an unknown cohort; 400 for a bad window or range."""
-    service = _drift(services)
-    try:
-        span = TimeRange.of(window=window, since=since, until=until, now=time.time())
-    except UsageError as exc:  # parameters that contradict each other: bad input, named
-        raise SpecError(f"query: {exc.message}") from exc
-    report = service.report(name, version=version, since=span.since, until=span.until, by=by, cohort=cohort)
+    report = _drift(services).report(
+        name, version=version, window=window, since=since, until=until, by=by, cohort=cohort
+    )  # a bad window or range: UsageError, a 400 naming it
     return report.to_dict()
 
 
