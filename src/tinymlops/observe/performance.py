@@ -33,14 +33,13 @@ from sqlalchemy import select, tuple_
 from sqlalchemy.engine import Engine
 
 from tinymlops.devices.schema import DeviceRow
+from tinymlops.edge.agent.serving_stats import LatencyHistogram
 from tinymlops.errors import NotFoundError, UsageError
 from tinymlops.observe.ingest import TelemetryBatchRecord, batch_record
-from tinymlops.observe.recorder import latency_histogram
 from tinymlops.observe.schema import TelemetryBatchRow, TelemetryWindowRow
 from tinymlops.registry.db import session_factory
 from tinymlops.release.rollout import ClassComparison
 from tinymlops.release.schema import ReleaseAssignmentRow, ReleaseRow
-from tinymlops.spec.telemetry import LatencyBuckets
 
 #: store statuses that are a condition to show (predictions go on, telemetry may be merged or lost)
 FLAGGED_STORE = ("full", "unwritable")
@@ -143,38 +142,11 @@ class PerformanceStats:
 
 
 # --- merging ------------------------------------------------------------------------------------
-@dataclass
-class LatencyMerge:
-    """Latency buckets summed exactly (the sum of histograms is the histogram of the union)."""
-
-    counts: dict[int, int] = field(default_factory=dict)
-    min_s: float = float("inf")
-    max_s: float = 0.0
-
-    @property
-    def count(self) -> int:
-        return sum(self.counts.values())
-
-    def add(self, latency: dict[str, Any] | LatencyBuckets | None) -> None:
-        if latency is None:
-            return
-        doc = latency.to_dict() if isinstance(latency, LatencyBuckets) else latency
-        for index, n in doc["buckets"]:
-            self.counts[index] = self.counts.get(index, 0) + n
-        self.min_s = min(self.min_s, float(doc["min_s"]))
-        self.max_s = max(self.max_s, float(doc["max_s"]))
-
-    def merge(self, other: LatencyMerge) -> None:
-        for index, n in other.counts.items():
-            self.counts[index] = self.counts.get(index, 0) + n
-        self.min_s = min(self.min_s, other.min_s)
-        self.max_s = max(self.max_s, other.max_s)
-
-    def quantiles_ms(self, qs: Sequence[float]) -> list[float | None]:
-        if not self.counts:
-            return [None for _ in qs]
-        buckets = LatencyBuckets(buckets=tuple(sorted(self.counts.items())), min_s=self.min_s, max_s=self.max_s)
-        return [v * 1e3 for v in latency_histogram(buckets).quantiles(qs)]
+# latency: LatencyHistogram.merge sums buckets exactly (the sum of histograms is the histogram of the union)
+def _quantiles_ms(latency: LatencyHistogram, qs: Sequence[float]) -> list[float | None]:
+    if not latency.count:
+        return [None for _ in qs]
+    return [v * 1e3 for v in latency.quantiles(qs)]
 
 
 @dataclass
@@ -189,7 +161,7 @@ class _Totals:
     devices: set[str] = field(default_factory=set)
     requests: int = 0
     errors: int = 0
-    latency: LatencyMerge = field(default_factory=LatencyMerge)
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     energy: dict[str, _Energy] = field(default_factory=dict)
     peak: int | None = None
 
@@ -198,7 +170,9 @@ class _Totals:
         self.devices.add(w.device_id)
         self.requests += w.requests
         self.errors += w.errors
-        self.latency.add(w.latency)
+        if w.latency is not None:
+            doc = w.latency
+            self.latency.merge(LatencyHistogram.from_buckets(doc["buckets"], float(doc["min_s"]), float(doc["max_s"])))
         if w.energy_method is not None and w.energy_j is not None and w.energy_inferences:
             e = self.energy.setdefault(w.energy_method, _Energy())
             e.joules += w.energy_j * w.energy_inferences
@@ -207,7 +181,7 @@ class _Totals:
             self.peak = w.peak_memory_bytes if self.peak is None else max(self.peak, w.peak_memory_bytes)
 
     def stats(self) -> PerformanceStats:
-        p50, p95, p99 = self.latency.quantiles_ms([0.5, 0.95, 0.99])
+        p50, p95, p99 = _quantiles_ms(self.latency, [0.5, 0.95, 0.99])
         energy = tuple(
             EnergyStat(method, e.joules / e.inferences, e.inferences)
             for method, e in sorted(self.energy.items())
@@ -282,7 +256,7 @@ def compare_classes(members: Iterable[Member], windows: Iterable[WindowPerf]) ->
     empty = _Totals()
     out: list[ClassComparison] = []
     for profile, devices in sorted(classes.items()):
-        new_lat, base_lat = LatencyMerge(), LatencyMerge()
+        new_lat, base_lat = LatencyHistogram(), LatencyHistogram()
         latency_baseline = energy_baseline = False
         by_method: dict[str, tuple[_Energy, _Energy]] = {}
         for m in devices:
@@ -311,8 +285,8 @@ def compare_classes(members: Iterable[Member], windows: Iterable[WindowPerf]) ->
                 ),
             )
         n_e, b_e = by_method[method] if method is not None else (_Energy(), _Energy())
-        new_p50, new_p95 = new_lat.quantiles_ms([0.5, 0.95])
-        base_p50, base_p95 = base_lat.quantiles_ms([0.5, 0.95])
+        new_p50, new_p95 = _quantiles_ms(new_lat, [0.5, 0.95])
+        base_p50, base_p95 = _quantiles_ms(base_lat, [0.5, 0.95])
         out.append(
             ClassComparison(
                 profile=profile,
@@ -500,7 +474,6 @@ __all__ = [
     "ClassPerformance",
     "DeviceTelemetry",
     "EnergyStat",
-    "LatencyMerge",
     "Member",
     "PerformanceStats",
     "PerformanceViews",

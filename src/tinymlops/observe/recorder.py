@@ -106,12 +106,8 @@ def latency_histogram(buckets: LatencyBuckets) -> Any:
     """The spec's buckets back as a ``LatencyHistogram`` (for its percentiles: ``quantiles``)."""
     from tinymlops.edge.agent.serving_stats import LatencyHistogram
 
-    histogram = LatencyHistogram()
     # the same scheme (a test holds the spec's constants to serving_stats'): counts go in as they are
-    histogram._counts = dict(buckets.buckets)
-    histogram.count = buckets.count
-    histogram.min, histogram.max = buckets.min_s, buckets.max_s
-    return histogram
+    return LatencyHistogram.from_buckets(buckets.buckets, buckets.min_s, buckets.max_s)
 
 
 def bucket_indices(seconds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

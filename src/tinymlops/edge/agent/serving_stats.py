@@ -97,6 +97,33 @@ class LatencyHistogram:
         self.min = math.inf
         self.max = 0.0
 
+    @classmethod
+    def from_buckets(
+        cls, buckets: Mapping[int, int] | Iterable[Iterable[int]], min_s: float, max_s: float
+    ) -> LatencyHistogram:
+        """A histogram back from its non-empty buckets — index -> count as :attr:`buckets` gives them, or
+        ``[index, count]`` pairs as the telemetry spec carries them — and its exact ``min_s``/``max_s``
+        (seconds). No bucket at all is the empty histogram (``min_s``/``max_s`` are then ignored).
+        Raises UsageError for an index outside ``[0, BUCKETS)``, a count below 1, a repeated index, or
+        ``min_s > max_s``."""
+        out = cls()
+        items = buckets.items() if isinstance(buckets, Mapping) else buckets
+        counts = out._counts
+        for index, n in items:
+            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < BUCKETS:
+                raise UsageError(f"a latency bucket index must be an integer within [0, {BUCKETS}), got {index!r}")
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise UsageError(f"latency bucket {index}: the count must be a positive integer, got {n!r}")
+            if index in counts:
+                raise UsageError(f"latency bucket {index} is given twice")
+            counts[index] = n
+            out.count += n
+        if out.count:
+            if not 0.0 <= min_s <= max_s:
+                raise UsageError(f"a latency histogram needs 0 <= min_s <= max_s, got {min_s!r} and {max_s!r}")
+            out.min, out.max = float(min_s), float(max_s)
+        return out
+
     def add(self, seconds: float) -> None:
         if not 0.0 <= seconds < _INF:  # negative, NaN or infinite: a clock that went wrong, not a latency
             seconds = 0.0
