@@ -145,7 +145,15 @@ def _telemetry_factory(table: Mapping[str, Any], context: PolicyContext | None) 
 
 
 register_middleware("telemetry", _telemetry_factory)
-register_middleware("metering", lambda *a: __import__("tinymlops.metering.meter", fromlist=["_"]).metering_factory(*a))
+
+
+def _metering_factory(table: Mapping[str, Any], context: PolicyContext | None) -> Middleware:
+    from tinymlops.metering.meter import metering_factory  # imported on use: bundles without metering never load it
+
+    return metering_factory(table, context)
+
+
+register_middleware("metering", _metering_factory)
 
 __all__ = [
     "POSITIONS",

@@ -131,11 +131,6 @@ class Ledger:
         """Calls this device may still serve (the open block's included)."""
         return self.licensed - self.reserved + self.block_remaining
 
-    @property
-    def served_upper_bound(self) -> int:
-        """Calls served or lost: reserved minus what the open block still holds."""
-        return self.reserved - self.block_remaining
-
     # --- licenses ------------------------------------------------------------------------------
     def propose_license(self, license: License, now: float) -> LedgerEntry:
         """The entry that installs ``license`` (verified by its signature already), or a refusal."""

@@ -54,7 +54,7 @@ from tinymlops.errors import (
 )
 from tinymlops.metering.ledger import Ledger
 from tinymlops.metering.license_signing import SignedLicense, verify_license
-from tinymlops.spec.license import HEX64
+from tinymlops.spec._parse import HEX64
 from tinymlops.spec.usage_report import GENESIS_HASH, LedgerEntry
 
 COUNTER_SUFFIX = ".counter"
@@ -161,16 +161,19 @@ class LedgerStore:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the usage ledger {path}: {exc}") from exc
         try:
-            ledger = cls._load(conn, path, device_id, model, trusted)
+            ledger, entries = cls._load(conn, path, device_id, model, trusted)
             if counter is not None:
-                cls._check_counter(counter, conn, ledger, path)
+                cls._check_counter(counter, entries, ledger, path)
         except BaseException:
             conn.close()
             raise
         return cls(conn, path, ledger, counter)
 
     @staticmethod
-    def _load(conn: sqlite3.Connection, path: Path, device_id: str, model: str, trusted: list[TrustedKey]) -> Ledger:
+    def _load(
+        conn: sqlite3.Connection, path: Path, device_id: str, model: str, trusted: list[TrustedKey]
+    ) -> tuple[Ledger, list[LedgerEntry]]:
+        """The replayed ledger and the entries it was replayed from (every row parsed and checked)."""
         try:
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
             if not meta:
@@ -215,10 +218,10 @@ class LedgerStore:
                     f"usage ledger {path}: license row {license_id} holds another license", reason="license-mismatch"
                 )
             licenses[license_id] = lic
-        return Ledger.replay(device_id, model, entries, licenses)
+        return Ledger.replay(device_id, model, entries, licenses), entries
 
     @staticmethod
-    def _check_counter(counter: MonotonicCounter, conn: sqlite3.Connection, ledger: Ledger, path: Path) -> None:
+    def _check_counter(counter: MonotonicCounter, entries: list[LedgerEntry], ledger: Ledger, path: Path) -> None:
         state = counter.read()
         last = ledger.next_seq - 1
         if state is None:
@@ -235,15 +238,13 @@ class LedgerStore:
                 reason="rollback",
                 seq=last + 1,
             )
-        if seq >= 0:
-            (body,) = conn.execute("SELECT body FROM entries WHERE seq = ?", (seq,)).fetchone()
-            if LedgerEntry.from_bytes(bytes(body)).hash != head:
-                raise LedgerTamperedError(
-                    f"usage ledger {path}: entry seq {seq} is not the one the monotonic counter recorded "
-                    "(an older copy was restored and written on)",
-                    reason="rollback",
-                    seq=seq,
-                )
+        if seq >= 0 and entries[seq].hash != head:  # replay checked entries[i].seq == i
+            raise LedgerTamperedError(
+                f"usage ledger {path}: entry seq {seq} is not the one the monotonic counter recorded "
+                "(an older copy was restored and written on)",
+                reason="rollback",
+                seq=seq,
+            )
         if seq < last:  # a crash between the commit and the counter: catch up
             counter.advance(last, ledger.head)
 

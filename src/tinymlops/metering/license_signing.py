@@ -17,11 +17,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tinymlops.crypto.keys import ed25519_public, key_id
-from tinymlops.crypto.signing import SIGNATURE_BYTES, TrustedKey, trusted_key_map
+from tinymlops.crypto.signing import TrustedKey, sign, trusted_key_map, verify
 from tinymlops.errors import SignatureError
 from tinymlops.spec.license import License
 from tinymlops.spec.usage_report import UsageReport
@@ -46,18 +45,6 @@ class SignedUsageReport:
     signature: bytes
 
 
-def _verify(pub: Ed25519PublicKey, domain: bytes, data: bytes, signature: bytes, member: str) -> None:
-    if len(signature) != SIGNATURE_BYTES:
-        raise SignatureError(f"{member}: a signature is {SIGNATURE_BYTES} bytes, got {len(signature)}", member=member)
-    try:
-        pub.verify(bytes(signature), domain + bytes(data))
-    except InvalidSignature:
-        raise SignatureError(
-            f"{member}: the signature by key {key_id(pub)} does not verify (the document or the signature was changed)",
-            member=member,
-        ) from None
-
-
 def sign_license(license: License, issuer_key: Ed25519PrivateKey) -> SignedLicense:
     """Sign ``license`` (whose ``issuer_key_id`` must name ``issuer_key``)."""
     if license.issuer_key_id != key_id(issuer_key):
@@ -66,7 +53,7 @@ def sign_license(license: License, issuer_key: Ed25519PrivateKey) -> SignedLicen
             member="license",
         )
     data = license.to_bytes()
-    return SignedLicense(data, issuer_key.sign(LICENSE_DOMAIN + data))
+    return SignedLicense(data, sign(issuer_key, LICENSE_DOMAIN + data))
 
 
 def verify_license(signed: SignedLicense, trusted_issuer_keys: Iterable[TrustedKey]) -> License:
@@ -83,7 +70,7 @@ def verify_license(signed: SignedLicense, trusted_issuer_keys: Iterable[TrustedK
             f"does not trust (trusted: {', '.join(sorted(keys)) or 'none'})",
             member="license",
         )
-    _verify(pub, LICENSE_DOMAIN, signed.data, signed.signature, "license")
+    verify(pub, signed.signature, LICENSE_DOMAIN + bytes(signed.data), member="license")
     return license
 
 
@@ -94,7 +81,7 @@ def sign_usage_report(report: UsageReport, device_key: Ed25519PrivateKey) -> Sig
             member="usage report",
         )
     data = report.to_bytes()
-    return SignedUsageReport(data, device_key.sign(USAGE_REPORT_DOMAIN + data))
+    return SignedUsageReport(data, sign(device_key, USAGE_REPORT_DOMAIN + data))
 
 
 def verify_usage_report(signed: SignedUsageReport, device_public_key: TrustedKey) -> UsageReport:
@@ -106,7 +93,7 @@ def verify_usage_report(signed: SignedUsageReport, device_public_key: TrustedKey
         raise SignatureError(
             f"usage report claims device {report.device_id}, the key offered is {key_id(pub)}", member="usage report"
         )
-    _verify(pub, USAGE_REPORT_DOMAIN, signed.data, signed.signature, "usage report")
+    verify(pub, signed.signature, USAGE_REPORT_DOMAIN + bytes(signed.data), member="usage report")
     return report
 
 

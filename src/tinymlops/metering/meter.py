@@ -42,7 +42,7 @@ from tinymlops.errors import LicenseScopeError, SpecError, UsageError
 from tinymlops.metering.ledger import Ledger
 from tinymlops.metering.ledger_store import LedgerStore, MonotonicCounter, default_counter
 from tinymlops.metering.license_signing import SignedLicense, SignedUsageReport, sign_usage_report, verify_license
-from tinymlops.spec.license import License
+from tinymlops.spec.license import MODEL_NAME, License
 from tinymlops.spec.usage_report import MAX_REPORT_ENTRIES, LedgerEntry, UsageReport
 
 if TYPE_CHECKING:
@@ -50,7 +50,6 @@ if TYPE_CHECKING:
 
 DEFAULT_BLOCK = 64
 MAX_BLOCK = 1 << 20
-_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _REF = re.compile(r"^([^:/]+)(?::(\d+))?")
 
 
@@ -226,7 +225,7 @@ class MeteringHost:
         self._lock = threading.Lock()
 
     def meter(self, model: str, *, block: int = DEFAULT_BLOCK) -> Meter:
-        if not _MODEL.match(model):
+        if not MODEL_NAME.match(model):
             raise UsageError(f"not a model name: {model!r}")
         with self._lock:
             meter = self._meters.get(model)
@@ -294,7 +293,7 @@ def metering_factory(table: Mapping[str, Any], context: PolicyContext | None) ->
             policy="metering",
         )
     model = table.get("model")
-    if not isinstance(model, str) or not _MODEL.match(model):
+    if not isinstance(model, str) or not MODEL_NAME.match(model):
         raise SpecError(f"metering policy: 'model' must be a model name, got {model!r:.80}")
     block = table.get("block", DEFAULT_BLOCK)
     if isinstance(block, bool) or not isinstance(block, int) or not 1 <= block <= MAX_BLOCK:
@@ -302,7 +301,7 @@ def metering_factory(table: Mapping[str, Any], context: PolicyContext | None) ->
     name, version = split_model_ref(context.model if context is not None else None)
     if name is not None and name != model:
         raise SpecError(f"metering policy meters model '{model}', but the bundle carries '{context.model}'")  # type: ignore[union-attr]
-    host = getattr(context, "metering", None) or _bound
+    host = _bound
     if host is None:
         raise UsageError(
             "the bundle's metering policy needs this device's usage ledger: bind a MeteringHost "

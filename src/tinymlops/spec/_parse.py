@@ -6,12 +6,17 @@ says exactly what is wrong with it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from tinymlops.errors import SpecError, UnsupportedVersionError
 
 _MISSING = object()
+
+HEX16 = re.compile(r"^[0-9a-f]{16}$")
+HEX32 = re.compile(r"^[0-9a-f]{32}$")
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def reject_unknown(doc: str, data: Mapping[str, Any], allowed: set[str]) -> None:
@@ -85,6 +90,30 @@ def get_choice(doc: str, data: Mapping[str, Any], key: str, choices: tuple[str, 
     value = get_str(doc, data, key, default)
     if value not in choices:
         raise SpecError(f"{doc}: field '{key}' must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def read_hex(doc: str, data: Mapping[str, Any], key: str, pattern: re.Pattern[str], what: str) -> str:
+    """A required string matching ``pattern`` (``what`` names the form in the error)."""
+    if key not in data:
+        raise SpecError(f"{doc}: missing required field '{key}'")
+    value = data[key]
+    if not isinstance(value, str) or not pattern.match(value):
+        raise SpecError(f"{doc}: field '{key}' must be {what}, got {value!r:.80}")
+    return value
+
+
+def read_int(doc: str, data: Mapping[str, Any], key: str, *, low: int, high: int, nullable: bool = False) -> Any:
+    """A required integer in ``[low, high]`` (not a bool); None too when ``nullable``."""
+    if key not in data:
+        raise SpecError(f"{doc}: missing required field '{key}'")
+    value = data[key]
+    if value is None and nullable:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(f"{doc}: field '{key}' must be an integer, got {value!r:.80}")
+    if not low <= value <= high:
+        raise SpecError(f"{doc}: field '{key}' must be within [{low}, {high}], got {value}")
     return value
 
 

@@ -28,15 +28,14 @@ covers. Signing and verification (Ed25519, domain-separated) live in
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from tinymlops.errors import SpecError
-from tinymlops.spec._parse import check_version
-from tinymlops.spec.manifest import parse_json_strict
+from tinymlops.spec._parse import HEX16, HEX32, HEX64, check_version, read_hex, read_int
+from tinymlops.spec.manifest import canonical_json, parse_json_strict
 
 LICENSE_MAJOR = 1
 LICENSE_VERSION = "1.0"
@@ -47,10 +46,8 @@ MAX_MODEL_CHARS = 128
 MAX_EPOCH = 10**12
 
 DOC = "license"
-HEX16 = re.compile(r"^[0-9a-f]{16}$")
-HEX32 = re.compile(r"^[0-9a-f]{32}$")
-HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: a model name as a license (and the metering policy) names it
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 _FIELDS = (
     "spec_version",
@@ -67,33 +64,6 @@ _FIELDS = (
     "previous_license_id",
     "issuer_key_id",
 )
-
-
-def canonical_json(data: Mapping[str, Any]) -> bytes:
-    """Sorted keys, no whitespace, no NaN, UTF-8: the bytes a signature or a hash covers."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
-
-
-def read_hex(doc: str, data: Mapping[str, Any], key: str, pattern: re.Pattern[str], what: str) -> str:
-    if key not in data:
-        raise SpecError(f"{doc}: missing required field '{key}'")
-    value = data[key]
-    if not isinstance(value, str) or not pattern.match(value):
-        raise SpecError(f"{doc}: field '{key}' must be {what}, got {value!r:.80}")
-    return value
-
-
-def read_int(doc: str, data: Mapping[str, Any], key: str, *, low: int, high: int, nullable: bool = False) -> Any:
-    if key not in data:
-        raise SpecError(f"{doc}: missing required field '{key}'")
-    value = data[key]
-    if value is None and nullable:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SpecError(f"{doc}: field '{key}' must be an integer, got {value!r:.80}")
-    if not low <= value <= high:
-        raise SpecError(f"{doc}: field '{key}' must be within [{low}, {high}], got {value}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -164,7 +134,7 @@ class License:
             raise SpecError(f"{DOC}: must be an object, got {type(data).__name__}")
         version = check_version(DOC, data, LICENSE_MAJOR)
         model = data.get("model")
-        if not isinstance(model, str) or not _MODEL.match(model):
+        if not isinstance(model, str) or not MODEL_NAME.match(model):
             raise SpecError(f"{DOC}: field 'model' must be a model name (letters, digits, . _ -), got {model!r:.80}")
         if "previous_license_id" not in data:
             raise SpecError(f"{DOC}: missing required field 'previous_license_id'")
@@ -209,4 +179,4 @@ class License:
         return cls.from_dict(parse_json_strict(raw, DOC), raw=raw)
 
 
-__all__ = ["LICENSE_MAJOR", "LICENSE_VERSION", "MAX_LICENSE_BYTES", "License", "canonical_json"]
+__all__ = ["LICENSE_MAJOR", "LICENSE_VERSION", "MAX_LICENSE_BYTES", "MODEL_NAME", "License", "canonical_json"]

@@ -44,9 +44,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tinymlops.errors import SpecError
-from tinymlops.spec._parse import check_version
-from tinymlops.spec.license import HEX16, HEX32, HEX64, MAX_EPOCH, MAX_QUERIES, canonical_json, read_hex, read_int
-from tinymlops.spec.manifest import parse_json_strict
+from tinymlops.spec._parse import HEX16, HEX32, HEX64, check_version, read_hex, read_int
+from tinymlops.spec.license import MAX_EPOCH, MAX_QUERIES
+from tinymlops.spec.manifest import canonical_json, parse_json_strict
 
 USAGE_REPORT_MAJOR = 1
 USAGE_REPORT_VERSION = "1.0"
