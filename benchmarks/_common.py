@@ -154,6 +154,47 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def interleaved_calls(fns: dict[str, Any], requests: list[Any], calls: int) -> dict[str, np.ndarray]:
+    """Every function called once per round on the same request, in a shuffled order, each call timed:
+    the chains compared see the same machine state within microseconds of each other (on this shared
+    VM the model's own speed drifts by several percent over tens of milliseconds, so blocks of calls
+    compared side by side differed by ±5% between identical chains). ``calls`` rounds, GC paused."""
+    import random
+
+    names = list(fns)
+    out = {n: np.empty(calls) for n in names}
+    for fn in fns.values():
+        for r in requests[:300]:  # warm (bench_telemetry: past the recorder's first buffer reduction)
+            fn(r)
+    rng = random.Random(1)
+    clock = time.perf_counter
+    with gc_paused():
+        for i in range(calls):
+            rng.shuffle(names)
+            r = requests[i % len(requests)]
+            for n in names:
+                fn = fns[n]
+                t0 = clock()
+                fn(r)
+                out[n][i] = clock() - t0
+    return out
+
+
+def tiny_onnx(graph_name: str = "tiny") -> bytes:
+    """A real ONNX model, a 4 → 2 MatMul: for benchmarks where the model's own cost should stay small."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.linspace(-1, 1, 8, dtype=np.float32).reshape(4, 2), "W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        graph_name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
+        [w],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+
+
 def goal(name: str, passed: bool, measured: str, method: str, **extra: Any) -> dict[str, Any]:
     return {"goal": name, "passed": bool(passed), "measured": measured, "method": method, **extra}
 

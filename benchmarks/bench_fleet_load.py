@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import RESULTS, fmt_ms, goal, goals_table
+from _common import RESULTS, fmt_ms, goal, goals_table, tiny_onnx
 from fleet_devices import KINDS, Fleet, Recording, RepoView, SimDevice, expected_noop_check
 from rich.table import Table
 from server_probe import CpuMeter, find_pyspy, pyspy_command, summarize_profile
@@ -149,21 +149,6 @@ class ServeProcess:
 
 
 # --- setup -----------------------------------------------------------------------------------------
-def _tiny_onnx() -> bytes:
-    """A real ONNX model (a 4→2 MatMul): the bundles stay small, as the load is about requests."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    w = numpy_helper.from_array(np.linspace(-1, 1, 8, dtype=np.float32).reshape(4, 2), "W")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["y"])],
-        "fleet",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
-        [w],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
-
-
 def _signed(keys: Any, method: str, target: str, body: bytes = b"") -> dict[str, str]:
     from tinymlops.devices.request_auth import sign_request
 
@@ -278,7 +263,7 @@ class Setup:
         self.info: dict[str, Any] = {}
         t0 = time.perf_counter()
         with Workspace.init(tmp / "ws", db_url=db_url) as ws:
-            ws.registry.register(MODEL, _tiny_onnx())
+            ws.registry.register(MODEL, tiny_onnx("fleet"))
             _, admin_key = ApiKeyService(ws.engine).create("fleet-load", "admin", created_by="bench_fleet_load")
             enrolment = EnrolmentService(ws.engine, ws.targets.get)
             tokens = [enrolment.create_token(ttl_s=3600, profile=PROFILE)[1] for _ in range(s["devices"])]

@@ -4,8 +4,9 @@ Overhead: the same tiny ONNX model (4 → 2 MatMul, ONNX Runtime, one thread) ca
 ``compose([], endpoint)`` and through ``compose([meter.middleware()], endpoint)`` — the metering
 policy as the runtime builds it, with a real SQLite ledger (WAL, ``synchronous=FULL``) and the file
 monotonic counter, i.e. with the crash-safety guarantee intact: every block of calls is durable
-(fsync) before its first call runs. Calls are interleaved one by one (bare, metered, alternating
-which goes first), each timed with ``perf_counter``, garbage collector paused; the added cost is
+(fsync) before its first call runs. Calls are interleaved one by one (bare and metered in a shuffled
+order each round, ``_common.interleaved_calls``), each timed with ``perf_counter``, garbage collector
+paused; the added cost is
 the median of the metered calls minus the median of the bare ones, and the median of the paired
 differences. p99 includes the calls that wrote a reservation (one in ``block``); the mean added
 cost spreads that write over the block (the price of the guarantee: larger blocks, cheaper calls,
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import gc_paused, goal, goals_table
+from _common import goal, goals_table, interleaved_calls, tiny_onnx
 from rich.table import Table
 
 NAME = "metering"
@@ -43,24 +44,14 @@ def _settings(quick: bool) -> dict[str, Any]:
 
 def _tiny_session() -> Any:
     import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
 
-    w = numpy_helper.from_array(np.linspace(-1, 1, 8, dtype=np.float32).reshape(4, 2), "W")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["y"])],
-        "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
-        [w],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(tiny_onnx(), opts, providers=["CPUExecutionProvider"])
 
 
-def _world(directory: Path, queries: int) -> tuple[Any, Any, Any]:
+def _world(queries: int) -> tuple[Any, Any, Any]:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from tinymlops.crypto.keys import key_id, public_bytes
@@ -86,7 +77,7 @@ def _world(directory: Path, queries: int) -> tuple[Any, Any, Any]:
 def _open(directory: Path, name: str, block: int, queries: int, counter: bool = True) -> Any:
     from tinymlops.metering import Meter
 
-    issuer, device, signed = _world(directory, queries)
+    issuer, device, signed = _world(queries)
     meter = Meter.open(
         directory / f"{name}.sqlite3",
         "tiny",
@@ -111,28 +102,8 @@ def _overhead(directory: Path, block: int, calls: int) -> dict[str, Any]:
     meter = _open(directory, f"overhead-{block}", block, calls + 10_000)
     bare = compose([], endpoint)
     metered = compose([meter.middleware()], endpoint)
-    for _ in range(500):
-        bare(Request(x))
-        metered(Request(x))
-    tb, tm = np.empty(calls), np.empty(calls)
-    pc = time.perf_counter
-    with gc_paused():
-        for i in range(calls):
-            r1, r2 = Request(x), Request(x)
-            if i & 1:
-                t0 = pc()
-                bare(r1)
-                t1 = pc()
-                metered(r2)
-                t2 = pc()
-                tb[i], tm[i] = t1 - t0, t2 - t1
-            else:
-                t0 = pc()
-                metered(r2)
-                t1 = pc()
-                bare(r1)
-                t2 = pc()
-                tm[i], tb[i] = t1 - t0, t2 - t1
+    times = interleaved_calls({"bare": bare, "metered": metered}, [Request(x) for _ in range(500)], calls)
+    tb, tm = times["bare"], times["metered"]
     meter.close()
     us = 1e6
     return {

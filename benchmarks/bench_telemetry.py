@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import fmt_bytes, gc_paused, goal, goals_table
+from _common import fmt_bytes, gc_paused, goal, goals_table, interleaved_calls
 from rich.table import Table
 
 TITLE = "Telemetry middleware overhead, sketch size and accuracy"
@@ -125,7 +125,7 @@ def _overhead(quick: bool) -> dict[str, Any]:
         fns: dict[str, Any] = {name: chain for name, chain in chains.items()}
         fns["bare"] = lambda r, run=backend.run: run(r.inputs)
         calls = (512 if features > 64 else 1024) if quick else (2048 if features > 64 else 4096)
-        times = _interleaved_calls(fns, requests, calls)
+        times = interleaved_calls(fns, requests, calls)
         base = times[BASE]
         rows = {}
         for name in [CONTROL, *recorders]:
@@ -208,32 +208,6 @@ def _window_json(window: Any) -> bytes:
     from tinymlops.spec.telemetry import TelemetryBatch
 
     return TelemetryBatch("0" * 16, time.time(), (window,)).to_bytes()
-
-
-def _interleaved_calls(fns: dict[str, Any], requests: list[Any], calls: int) -> dict[str, np.ndarray]:
-    """Every function called once per round on the same request, in a shuffled order, each call timed:
-    the chains compared see the same machine state within microseconds of each other (on this shared
-    VM the model's own speed drifts by several percent over tens of milliseconds, so blocks of calls
-    compared side by side differed by ±5% between identical chains). ``calls`` rounds, GC paused."""
-    import random
-
-    names = list(fns)
-    out = {n: np.empty(calls) for n in names}
-    for fn in fns.values():
-        for r in requests[:300]:  # warm, and past the recorder's first buffer reduction
-            fn(r)
-    rng = random.Random(1)
-    clock = time.perf_counter
-    with gc_paused():
-        for i in range(calls):
-            rng.shuffle(names)
-            r = requests[i % len(requests)]
-            for n in names:
-                fn = fns[n]
-                t0 = clock()
-                fn(r)
-                out[n][i] = clock() - t0
-    return out
 
 
 def _interval(times: np.ndarray, base: np.ndarray, segments: int = 16) -> tuple[float, float]:
