@@ -439,20 +439,6 @@ class TelemetryIngest:
             )
         return out
 
-    # --- reading back ------------------------------------------------------------------------------
-    def batches(self, device_id: str, *, limit: int = 20) -> list[TelemetryBatchRecord]:
-        """The device's newest batches first."""
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
-            raise UsageError(f"limit must be an integer from 1 to 1000, got {limit!r}")
-        with self._sessions() as session:
-            rows = session.scalars(
-                select(TelemetryBatchRow)
-                .where(TelemetryBatchRow.device_id == device_id)
-                .order_by(TelemetryBatchRow.id.desc())
-                .limit(limit)
-            ).all()
-            return [batch_record(r) for r in rows]
-
 
 __all__ = [
     "BundleOrigin",

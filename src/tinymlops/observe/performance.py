@@ -40,10 +40,10 @@ from tinymlops.observe.schema import TelemetryBatchRow, TelemetryWindowRow
 from tinymlops.registry.db import session_factory
 from tinymlops.release.rollout import ClassComparison
 from tinymlops.release.schema import ReleaseAssignmentRow, ReleaseRow
+from tinymlops.spec.telemetry import ENERGY_METHODS
 
 #: store statuses that are a condition to show (predictions go on, telemetry may be merged or lost)
 FLAGGED_STORE = ("full", "unwritable")
-ENERGY_PREFERENCE = ("rapl", "model")
 _CHUNK = 500
 
 
@@ -281,7 +281,7 @@ def compare_classes(members: Iterable[Member], windows: Iterable[WindowPerf]) ->
                 by_method,
                 key=lambda k: (
                     min(by_method[k][0].inferences, by_method[k][1].inferences),
-                    -ENERGY_PREFERENCE.index(k) if k in ENERGY_PREFERENCE else -len(ENERGY_PREFERENCE),
+                    -ENERGY_METHODS.index(k),  # on a tie, the first (rapl); ingestion stores no other method
                 ),
             )
         n_e, b_e = by_method[method] if method is not None else (_Energy(), _Energy())

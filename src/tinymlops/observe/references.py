@@ -239,13 +239,6 @@ class ReferenceService:
             )
         return record
 
-    def versions(self, model: str) -> list[int]:
-        """The base versions of ``model`` that have a reference."""
-        with self._sessions() as session:
-            return sorted(
-                session.scalars(select(ReferenceProfileRow.version).where(ReferenceProfileRow.model == model)).all()
-            )
-
     # --- building ------------------------------------------------------------------------------
     def pick_dataset(self, model: str, name: str | None = None) -> DatasetRecord:
         """The named dataset, else the newest eval set, else the newest calibration set."""
