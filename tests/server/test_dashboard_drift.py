@@ -20,6 +20,7 @@ import html
 import itertools
 import math
 import re
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -567,3 +568,31 @@ def test_telemetry_windows(client: Any, drift_world: DriftWorld) -> None:
     assert len(recent) == len(everything) > 0  # every window of the world is under an hour old
     root = parse(get(client, drift_world, "/telemetry", window="24h"))
     assert root.by_id("windows").find_all("a", "current")[0].text == "24h"
+
+
+def test_the_cdf_merges_exactly_the_windows_the_report_merged(sqlite_workspace: Any) -> None:
+    """A window the report sets aside (its stored privacy no longer parses) stays out of the live CDF."""
+    from sqlalchemy import update
+
+    from observe.telemetry_rows import SHIFTED_PIXELS, device_windows, digits_world, enrol, insert_windows, populate
+    from tinymlops.observe.schema import TelemetryWindowRow
+    from tinymlops.server.dashboard.views_drift import DriftView, drift_view
+
+    digits = digits_world(0)
+    populate(sqlite_workspace, digits, shift=False)
+    (keys,) = enrol(sqlite_workspace, [["site-a"]])
+    (window,) = device_windows(digits.onnx, digits.x_field[:40] + 5.0, windows=1, start=time.time() - 600)
+    insert_windows(sqlite_workspace, keys, [window], model="digits", version=1, tags=["site-a"])
+    with sqlite_workspace.engine.begin() as conn:
+        conn.execute(
+            update(TelemetryWindowRow)
+            .where(TelemetryWindowRow.device_id == keys.device_id)
+            .values(privacy={"no": "such field"})
+        )
+    feature = f"element:{SHIFTED_PIXELS[0]}"
+    view = drift_view(sqlite_workspace, "digits", DriftQuery.parse(cohort="tag=site-a", feature=feature))
+    assert isinstance(view, DriftView) and view.cdf is not None and view.cdf.live is not None
+    cohort = next(c for c in view.report.cohorts if c.label == "tag=site-a")
+    assert sum(n for reason, n in cohort.excluded.items() if "does not parse" in reason) == 1
+    assert view.cdf.windows == cohort.windows
+    assert view.cdf.live.n == cohort.rows  # the set-aside window's 40 rows are not in it

@@ -338,6 +338,8 @@ class CohortDrift:
     report: DriftReport | None
     classes: HistogramEstimate
     confidence: HistogramEstimate
+    #: the cohort's windows' input profiles merged (what the tests compared; not in to_dict)
+    profile: InputProfile | None = field(default=None, repr=False, compare=False)
 
     @property
     def label(self) -> str:
@@ -663,6 +665,7 @@ class DriftService:
                     report=drift,
                     classes=c.classes,
                     confidence=c.confidence,
+                    profile=c.profile,
                 )
             )
         return FleetDriftReport(

@@ -336,7 +336,6 @@ def _cdf_section(view: DriftView, cdf: FeatureCdf | None) -> str:
     qhead = "".join(f"<th>p{round(100 * q)}</th>" for q in TABLE_QUANTILES)
     note = (
         f"Live: the sketches of {cdf.windows} window(s) of this cohort merged"
-        + (f" ({cdf.skipped} unreadable, left out)" if cdf.skipped else "")
         + ". KLL quantiles are approximate (rank error about "
         + (
             f"{100 * max(cdf.live.rank_error, cdf.reference.rank_error if cdf.reference else 0):.2g}%"

@@ -8,11 +8,8 @@
   :class:`DriftEmpty` when there is nothing to compare yet (no reference profile — with how to make
   one — or no telemetry in the window).
 * :func:`feature_cdf` — quantiles of a feature from the reference's sketch and from the cohort's
-  windows' sketches merged (the report keeps only test results, not the merged sketches). The same
-  windows as the report: the model's base version, ``window_end`` within the report's time range,
-  the cohort's devices/tags/profile at ingestion, and only windows whose input layout is the
-  reference's (the others are the report's ``excluded``). Every stored sketch is re-checked before
-  the library reads it (:func:`~tinymlops.observe.drift_inputs.load_kll_floats`).
+  input profile as the report merged it (:attr:`~tinymlops.observe.fleet_drift.CohortDrift.profile`):
+  exactly the windows the tests saw, none the report set aside, nothing read again.
 * :func:`telemetry_view` — per device class (profile × variant ref) requests, errors, merged latency
   percentiles, energy per inference with its method and peak memory
   (:meth:`~tinymlops.observe.performance.PerformanceViews.fleet`), the devices whose last reported
@@ -36,9 +33,9 @@ from sqlalchemy import distinct, func, select
 from sqlalchemy.engine import Engine
 
 from tinymlops.devices.schema import DeviceRow
-from tinymlops.errors import InvalidInputError, NotFoundError, TinyMLOpsError, UsageError
+from tinymlops.errors import InvalidInputError, NotFoundError, UsageError
 from tinymlops.observe.drift import distribution_of
-from tinymlops.observe.drift_inputs import FeatureDistribution, load_kll_floats
+from tinymlops.observe.drift_inputs import FeatureDistribution
 from tinymlops.observe.fleet_drift import GROUPINGS, CohortDrift, DriftService, FleetDriftReport, parse_window
 from tinymlops.observe.ingest import batch_record
 from tinymlops.observe.performance import FLAGGED_STORE, ClassPerformance, PerformanceViews
@@ -47,7 +44,6 @@ from tinymlops.observe.schema import TelemetryBatchRow, TelemetryWindowRow
 from tinymlops.registry.db import session_factory
 from tinymlops.server.dashboard.charts import HeatCell
 from tinymlops.server.dashboard.views import WINDOWS, check_window
-from tinymlops.spec.telemetry import FeatureSummary
 from tinymlops.workspace import Workspace
 
 #: the windows the drift page links to (any ``parse_window`` text is accepted); ``all``: no limit
@@ -202,64 +198,25 @@ class FeatureCdf:
     reference: CdfSide | None
     live: CdfSide | None
     windows: int  # live windows merged
-    skipped: int  # windows of the cohort whose sketch of this feature could not be used
 
 
-def _in_cohort(cohort: CohortDrift, device_id: str, profile: str, tags: Any) -> bool:
-    if cohort.by == "fleet":
-        return True
-    if cohort.by == "device":
-        return device_id == cohort.name
-    if cohort.by == "profile":
-        return (profile or "(none)") == cohort.name
-    return isinstance(tags, list) and cohort.name in {str(t) for t in tags}
-
-
-def feature_cdf(engine: Engine, report: FleetDriftReport, cohort: CohortDrift, feature: str) -> FeatureCdf:
-    """Reference and live quantiles of ``feature`` for ``cohort`` (see the module doc: the same
-    windows as the report). An unknown feature: :class:`NotFoundError`."""
-    import datasketches
-
+def feature_cdf(report: FleetDriftReport, cohort: CohortDrift, feature: str) -> FeatureCdf:
+    """Reference and live quantiles of ``feature`` for ``cohort``: the reference's sketch and the
+    cohort's profile the report merged (see the module doc). An unknown feature: :class:`NotFoundError`."""
     kind, _, index_text = feature.partition(":")
-    ref_inputs = report.reference.profile.inputs
     try:
-        ref_feature = ref_inputs.feature(kind, int(index_text))
+        ref_feature = report.reference.profile.inputs.feature(kind, int(index_text))
     except (KeyError, ValueError):
         raise NotFoundError(f"the reference of {report.model}:{report.version} has no feature {feature!r}") from None
     reference = CdfSide.of(
         distribution_of(ref_feature.sketch, ref_feature.count, what=f"reference feature {feature!r}")
     )
-    ref_projection = None if ref_inputs.projection is None else ref_inputs.projection.to_dict()
-    ref_keys = [[f.kind, f.index] for f in ref_inputs.features]
-    position = ref_keys.index([kind, int(index_text)])
-    merged = datasketches.kll_floats_sketch(report.reference.profile.k)
-    used = skipped = 0
-    W = TelemetryWindowRow
-    stmt = select(W.device_id, W.profile_name, W.tags, W.inputs).where(
-        W.model == report.model, W.version == report.version, W.inputs.is_not(None)
-    )
-    if report.time_range.since is not None:
-        stmt = stmt.where(W.window_end >= report.time_range.since)
-    if report.time_range.until is not None:
-        stmt = stmt.where(W.window_end <= report.time_range.until)
-    with engine.connect() as conn:
-        for device_id, profile, tags, inputs in conn.execution_options(yield_per=256).execute(stmt):
-            if not _in_cohort(cohort, device_id, profile, tags):
-                continue
-            features = inputs.get("features") if isinstance(inputs, dict) else None
-            if inputs.get("projection") != ref_projection or not isinstance(features, list):
-                continue  # another input: the report sets it aside too
-            if [[f.get("kind"), f.get("index")] for f in features if isinstance(f, dict)] != ref_keys:
-                continue
-            try:
-                summary = FeatureSummary.from_dict(features[position], where=f"window feature {feature}")
-                if summary.count:
-                    merged.merge(load_kll_floats(summary.sketch, what=f"window feature {feature}"))
-                used += 1
-            except TinyMLOpsError:
-                skipped += 1
-    live = None if merged.is_empty() else CdfSide.of(FeatureDistribution.from_sketch(merged, what="live"))
-    return FeatureCdf(feature, cohort.label, reference, live, used, skipped)
+    live = None
+    profile = cohort.profile
+    if profile is not None:
+        sketch = profile.sketch(profile.feature_keys().index((kind, int(index_text))))
+        live = CdfSide.of(distribution_of(sketch, what=f"cohort {cohort.label} feature {feature!r}"))
+    return FeatureCdf(feature, cohort.label, reference, live, cohort.windows)
 
 
 # --- predicted classes --------------------------------------------------------------------------
@@ -379,7 +336,7 @@ def drift_view(
     if feature is not None and feature not in names:
         raise NotFoundError(f"model '{model}' version {report.version} has no feature {feature!r}")
     drift = next(c for c in report.cohorts if c.label == cohort["label"])
-    cdf = None if feature is None else feature_cdf(ws.engine, report, drift, feature)
+    cdf = None if feature is None else feature_cdf(report, drift, feature)
     return DriftView(model, query, report, doc, features, derived, cohort, feature, cdf, classes_view(report, cohort))
 
 
