@@ -112,3 +112,23 @@ def test_reference_show_build_and_the_dataset_add_path(tmp_path: Path, world: An
     assert doc["dataset"] == "holdout" and doc["rows"] == 600
     proc = run_cli(ws_path, "drift", "reference", "build", "digits", "--dataset", "nope", code=2)
     assert "no dataset named 'nope'" in proc.stderr
+
+
+def test_key_value_options_refuse_a_key_given_twice() -> None:
+    """--threshold, --privacy and bundle's NAME=VALUE options parse alike: a repeated key is an error,
+    not the last one silently winning."""
+    from tinymlops.cli.bundle import _pairs
+    from tinymlops.cli.drift import parse_thresholds
+    from tinymlops.cli.release import _telemetry_options
+    from tinymlops.errors import UsageError
+
+    assert parse_thresholds(["ks=0.001", " wasserstein = 0.15"]) == {"ks": 0.001, "wasserstein": 0.15}
+    for call in (
+        lambda: parse_thresholds(["ks=0.1", "ks=0.2"]),
+        lambda: _telemetry_options(True, None, ["classes_epsilon=1", "classes_epsilon=2"]),
+        lambda: _pairs(["a=x.wasm", "a=y.wasm"], "--wasm"),
+    ):
+        with pytest.raises(UsageError, match=r"'.*' is given twice"):
+            call()
+    with pytest.raises(UsageError, match="--wasm: 'a' has no value"):
+        _pairs(["a="], "--wasm")

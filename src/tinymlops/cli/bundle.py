@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tinymlops.cli.output import JsonOpt, WorkspaceOpt, console, emit_json, fmt_bytes, table
+from tinymlops.cli.output import JsonOpt, WorkspaceOpt, console, emit_json, fmt_bytes, parse_pairs, table
 from tinymlops.errors import ConfigError, UsageError
 
 app = typer.Typer(help="Signed, encrypted model bundles: build, inspect, verify.", no_args_is_help=True)
@@ -31,14 +31,10 @@ def _read_table(path: Path, what: str) -> dict[str, Any]:
 
 
 def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for v in values or []:
-        name, sep, rest = v.partition("=")
-        if not sep or not name or not rest:
-            raise UsageError(f"{what} must look like NAME=VALUE, got {v!r}")
-        if name in out:
-            raise UsageError(f"{what}: '{name}' given twice")
-        out[name] = rest
+    out = parse_pairs(values, what, form="NAME=VALUE")
+    empty = next((k for k, v in out.items() if not v), None)
+    if empty is not None:
+        raise UsageError(f"{what}: {empty!r} has no value (NAME=VALUE)")
     return out
 
 

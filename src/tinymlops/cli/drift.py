@@ -16,7 +16,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tinymlops.cli.output import JsonOpt, WorkspaceOpt, console, emit_json, fmt_num, table
+from tinymlops.cli.output import JsonOpt, WorkspaceOpt, console, emit_json, fmt_num, parse_pairs, table
 from tinymlops.errors import UsageError
 
 app = typer.Typer(
@@ -189,14 +189,11 @@ def _show_policy(doc: dict[str, Any]) -> None:
 def parse_thresholds(values: list[str]) -> dict[str, float]:
     """``["ks=0.001", "wasserstein=0.15"]`` → ``{"ks": 0.001, "wasserstein": 0.15}``."""
     out: dict[str, float] = {}
-    for item in values:
-        name, sep, raw = item.partition("=")
-        if not sep or not name.strip():
-            raise UsageError(f"--threshold: {item!r} is not TEST=VALUE (e.g. ks=0.001)")
+    for name, raw in parse_pairs(values, "--threshold", form="TEST=VALUE", example="ks=0.001").items():
         try:
-            out[name.strip()] = float(raw)
+            out[name] = float(raw)
         except ValueError:
-            raise UsageError(f"--threshold: the value of {name.strip()!r} is not a number: {raw!r}") from None
+            raise UsageError(f"--threshold: the value of {name!r} is not a number: {raw!r}") from None
     return out
 
 

@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tinymlops.errors import UsageError
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -61,3 +63,20 @@ def fmt_num(n: float | None, digits: int = 3) -> str:
 
 def fmt_pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def parse_pairs(
+    values: Iterable[str] | None, option: str, *, form: str = "KEY=VALUE", example: str = ""
+) -> dict[str, str]:
+    """``["a=1", "b = 2"]`` → ``{"a": "1", "b": " 2"}``: repeated ``KEY=VALUE`` options (the key
+    stripped). Not that form, or a key given twice: :class:`UsageError` naming ``option``."""
+    out: dict[str, str] = {}
+    for item in values or ():
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"{option}: {item!r} is not {form}" + (f" (e.g. {example})" if example else ""))
+        if key in out:
+            raise UsageError(f"{option}: {key!r} is given twice")
+        out[key] = value
+    return out

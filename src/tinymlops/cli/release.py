@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tinymlops.cli.output import JsonOpt, WorkspaceOpt, console, emit_json, table
+from tinymlops.cli.output import JsonOpt, WorkspaceOpt, console, emit_json, parse_pairs, table
 from tinymlops.errors import SpecError, UsageError
 
 app = typer.Typer(
@@ -87,13 +87,7 @@ def _telemetry_options(enabled: bool, inputs: bool | None, privacy: list[str] | 
     if inputs is not None:
         options["inputs"] = inputs
     settings: dict[str, float] = {}
-    for item in privacy or ():
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise UsageError(f"--privacy: {item!r} is not KEY=VALUE (e.g. classes_epsilon=1.0)")
-        if key in settings:
-            raise UsageError(f"--privacy: {key} is given twice")
+    for key, value in parse_pairs(privacy, "--privacy", example="classes_epsilon=1.0").items():
         try:
             settings[key] = float(value)
         except ValueError:
