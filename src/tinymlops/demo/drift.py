@@ -15,9 +15,9 @@ network. The server compares each site's merged profile with the reference profi
 the eval set when the model was registered (``GET /v1/models/{name}/drift?by=tag&since=…``), and the
 demo checks that it names exactly the three shifted pixels, in ``site-south`` only.
 
-Then an audit of what the server holds: every uploaded window is searched for every input row the
-devices served — written the way JSON writes numbers — and none is found: the telemetry carries
-sketches, moments and histograms, never an input.
+Then an audit of what the server holds: the JSON of every uploaded window is searched for every input
+row the devices served — written the way JSON writes numbers — and none is found: no input row is
+visible in the telemetry's JSON (sketches are base64 bytes, which this search does not decode).
 """
 
 from __future__ import annotations
@@ -185,9 +185,9 @@ def run_drift(
 
 
 def audit_raw_inputs(engine: Engine, served: Sequence[np.ndarray], *, since: float) -> dict[str, int]:
-    """Search every telemetry window stored since ``since`` for every served input row, written as
-    JSON writes numbers (the whole row, and the runs of its middle two image rows, where the strokes
-    are): the counts of what was searched and of rows found (0 when no raw input left the devices)."""
+    """Search the JSON of every telemetry window stored since ``since`` (its performance, inputs and
+    privacy columns) for every served input row (:func:`rows_found`): the counts of what was
+    searched and of rows found (0 when no raw input left the devices in a JSON-visible form)."""
     from tinymlops.observe.schema import TelemetryWindowRow
 
     with engine.connect() as conn:
@@ -198,6 +198,21 @@ def audit_raw_inputs(engine: Engine, served: Sequence[np.ndarray], *, since: flo
         ).all()
         total = conn.scalar(select(func.count()).select_from(TelemetryWindowRow)) or 0
     text = "\n".join(json.dumps([r.performance, r.inputs, r.privacy]) for r in rows)
+    checked, found = rows_found(text, served)
+    return {
+        "windows": len(rows),
+        "windows_total": int(total),
+        "bytes": len(text),
+        "rows_checked": checked,
+        "rows_found": found,
+    }
+
+
+def rows_found(text: str, served: Sequence[np.ndarray]) -> tuple[int, int]:
+    """(rows checked, rows found): each served row (flattened) is looked for in ``text`` written as
+    JSON writes numbers — the whole row, or the run of its 4th or 5th image row (values 24–31 or
+    32–39, where the strokes are). Only what JSON shows is searched: the KLL sketches in a window
+    are base64 bytes, so a value inside one is not found this way."""
     found = checked = 0
     for x in served:
         for row in x.reshape(len(x), -1):
@@ -206,13 +221,7 @@ def audit_raw_inputs(engine: Engine, served: Sequence[np.ndarray], *, since: flo
             needles = [json.dumps(values)] + [json.dumps(values[i : i + 8])[1:-1] for i in (24, 32)]
             if any(needle in text for needle in needles):
                 found += 1
-    return {
-        "windows": len(rows),
-        "windows_total": int(total),
-        "bytes": len(text),
-        "rows_checked": checked,
-        "rows_found": found,
-    }
+    return checked, found
 
 
 def since_iso(ts: float) -> str:
@@ -232,6 +241,7 @@ __all__ = [
     "SITES",
     "DriftResult",
     "audit_raw_inputs",
+    "rows_found",
     "run_drift",
     "shifted_features",
     "since_iso",
