@@ -13,7 +13,11 @@ Hooks let a test play a broken network or server:
 * :meth:`TelemetryServer.lose_responses` — take the next ``n`` batches, then drop the connection
   without answering (the device sees no response: a lost response);
 * :meth:`TelemetryServer.answer` — answer the next ``n`` requests with a fixed status and error body
-  instead of looking at them (a 503, a 404 of a server without the endpoint, a 409 overlap, …).
+  (or any ``body``) instead of looking at them (a 503, a 404 of a server without the endpoint, a 409
+  overlap, a DuplicateBatchError 409 naming another digest, …).
+
+As on the control plane, a request whose device signature fails is a 401, a batch that does not open
+(malformed, or its batch signature fails) a 400, one too large a 413.
 """
 
 from __future__ import annotations
@@ -70,9 +74,20 @@ class TelemetryServer:
         with self._lock:
             self._lose = n
 
-    def answer(self, status: int, error_type: str = "ServerError", message: str = "canned", n: int = 1) -> None:
+    def answer(
+        self,
+        status: int,
+        error_type: str = "ServerError",
+        message: str = "canned",
+        n: int = 1,
+        *,
+        body: dict[str, Any] | None = None,
+    ) -> None:
+        """Answer the next ``n`` requests with ``status`` and ``body`` (default: the error
+        ``{"error": {"type": error_type, "message": message}}``)."""
+        doc = body if body is not None else {"error": {"type": error_type, "message": message}}
         with self._lock:
-            self._canned = _Canned(status, {"error": {"type": error_type, "message": message}}, n)
+            self._canned = _Canned(status, doc, n)
 
     def windows(self) -> list[Any]:
         with self._lock:
@@ -88,14 +103,14 @@ class TelemetryServer:
 
             def _reply(self, status: int, doc: dict[str, Any]) -> None:
                 data = json.dumps(doc).encode()
+                with server._lock:  # recorded before the device can see the answer
+                    server.statuses.append(status)
+                    server.received.notify_all()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
-                with server._lock:
-                    server.statuses.append(status)
-                    server.received.notify_all()
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -146,8 +161,8 @@ class TelemetryServer:
             opened = open_batch(body, signature, key, max_body_bytes=self.max_body_bytes)
         except PayloadTooLargeError as exc:
             return refuse(413, exc)
-        except TinyMLOpsError as exc:
-            return refuse(400 if not type(exc).__name__.endswith("SignatureError") else 401, exc)
+        except TinyMLOpsError as exc:  # a bad batch signature too: 400, as the real endpoint answers
+            return refuse(400, exc)
         with self._lock:
             if (auth.device_id, opened.digest) in self._digests:
                 return 409, {

@@ -18,6 +18,7 @@ import pytest
 from telemetry_testbed import TelemetryBundles, telemetry_bundles_fixture  # noqa: F401 (fixture)
 
 from simulators.telemetry_server import TelemetryServer, telemetry_server
+from tinymlops.crypto.keys import DeviceKeys
 from tinymlops.devices.client import DeviceClient
 from tinymlops.edge.agent import Agent, AgentConfig, LocalDirectorySource, write_offer
 from tinymlops.edge.agent.remote import TelemetryUploader
@@ -25,6 +26,7 @@ from tinymlops.observe.energy import PowerModelMeter
 from tinymlops.observe.upload_policy import UploadPolicy
 from tinymlops.observe.upload_store import UploadStore
 from tinymlops.spec.context import DeviceContext
+from tinymlops.spec.telemetry import LatencyBuckets, Performance, TelemetryWindow
 
 EVERY_CYCLE = AgentConfig(poll_interval=0.2, backoff_base=0.05, backoff_cap=0.4, telemetry_interval=0)
 WIFI = DeviceContext(network="wifi", charging=True)
@@ -165,6 +167,40 @@ def test_refusals_drop_and_count_other_failures_keep(device: Device, status: int
     assert requests_by_bundle(device.server) == {t1: 8 if kept else 2}
     last = device.server.batches[-1].batch.store
     assert last is not None and last.dropped_windows == (0 if kept else 1)
+
+
+@pytest.mark.parametrize("digest", [None, "00" * 32], ids=["no-digest", "another-batchs-digest"])
+def test_a_duplicate_409_that_does_not_name_this_batch_is_a_refusal(device: Device, digest: str | None) -> None:
+    device.offer("t1")
+    device.agent.run_once()
+    device.serve(6)
+    error = {"type": "DuplicateBatchError", "message": "batch received before"}
+    if digest is not None:
+        error["digest"] = digest
+    device.server.answer(409, body={"error": error})
+    device.agent.run_once()
+    outcome = device.agent.telemetry_outcome
+    # not "the server has it": never counted as delivered; refused for good, dropped and counted
+    assert (outcome.sent, outcome.windows, outcome.duplicates, outcome.refused) == (0, 0, 0, 1)
+    assert device.store.in_flight is None and device.server.batches == []
+    device.serve(2, seed=9)
+    device.agent.run_once()
+    assert requests_by_bundle(device.server) == {device.bundles.bundle_ids["t1"]: 2}
+    last = device.server.batches[-1].batch.store
+    assert last is not None and last.dropped_windows == 1
+
+
+def test_a_batch_whose_signature_fails_is_refused_not_retried(tmp_path: Path, device: Device) -> None:
+    """The endpoint answers a batch signed by another key with 400 (not 401, which a device retries)."""
+    keys = device.bundles.device
+    stranger = UploadStore(tmp_path / "other.sqlite3", DeviceKeys.generate().signing)
+    latency = LatencyBuckets(((500, 3),), 0.001, 0.002)
+    stranger.add(TelemetryWindow("b1" * 16, 10.0, 11.0, Performance(requests=3, latency=latency)))
+    uploader = TelemetryUploader(DeviceClient(device.server.url, keys, timeout_s=5.0), stranger, UploadPolicy(True))
+    outcome = uploader.upload(WIFI)
+    assert device.server.statuses == [400] and (outcome.sent, outcome.refused) == (0, 1)
+    assert stranger.in_flight is None and stranger.status().dropped_windows == 1
+    stranger.close()
 
 
 def test_the_upload_policy_gates_every_upload(tmp_path: Path, telemetry_bundles: TelemetryBundles) -> None:
