@@ -195,15 +195,19 @@ class DeviceClient:
         return self._bearer[0]
 
 
-def _refusal(method: str, path: str, response: Response) -> ServerRequestError:
-    error_type, message = "", response.body[:200].decode("utf-8", "replace")
+def error_fields(body: bytes) -> tuple[str, str] | None:
+    """``(type, message)`` of the control plane's error body ``{"error": {"type": …, "message": …}}``;
+    None when ``body`` is not one."""
     try:
-        doc = json.loads(response.body.decode("utf-8"))
-        err = doc.get("error") if isinstance(doc, dict) else None
-        if isinstance(err, dict):
-            error_type, message = str(err.get("type", "")), str(err.get("message", ""))
+        doc = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
-        pass
+        return None
+    err = doc.get("error") if isinstance(doc, dict) else None
+    return (str(err.get("type", "")), str(err.get("message", ""))) if isinstance(err, dict) else None
+
+
+def _refusal(method: str, path: str, response: Response) -> ServerRequestError:
+    error_type, message = error_fields(response.body) or ("", response.body[:200].decode("utf-8", "replace"))
     return ServerRequestError(
         f"server refused {method} {path}: {response.status} {error_type}: {message}".replace(" : ", ": "),
         status=response.status,
@@ -211,4 +215,4 @@ def _refusal(method: str, path: str, response: Response) -> ServerRequestError:
     )
 
 
-__all__ = ["ENROL_PATH", "ME_PATH", "TOKEN_PATH", "DeviceClient", "Response"]
+__all__ = ["ENROL_PATH", "ME_PATH", "TOKEN_PATH", "DeviceClient", "Response", "error_fields"]

@@ -71,7 +71,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tinymlops.crypto.keys import DeviceKeys, key_id, load_public_key, save_public_key, write_file_atomic
-from tinymlops.devices.client import DeviceClient
+from tinymlops.devices.client import DeviceClient, error_fields
 from tinymlops.devices.identity import EnrolmentState, load_or_create_keys
 from tinymlops.devices.request_auth import sign_request
 from tinymlops.edge.agent.install import InstallResult
@@ -270,14 +270,8 @@ def _is_duplicate(body: bytes, digest: str) -> bool:
 
 
 def _error_text(body: bytes) -> str:
-    try:
-        doc = json.loads(body.decode("utf-8"))
-        error = doc.get("error") if isinstance(doc, dict) else None
-        if isinstance(error, dict):
-            return f"{error.get('type', '')}: {error.get('message', '')}"[:300]
-    except (UnicodeDecodeError, ValueError):
-        pass
-    return body[:200].decode("utf-8", "replace")
+    fields = error_fields(body)
+    return f"{fields[0]}: {fields[1]}"[:300] if fields else body[:200].decode("utf-8", "replace")
 
 
 class TelemetryUploader:
