@@ -59,7 +59,8 @@ def _test_cell(tests: dict[str, Any], name: str) -> str:
 _VERDICT_STYLE = {"drift": "bold red", "no_drift": "green", "not_enough_data": "yellow"}
 
 
-def _cohort_table(c: dict[str, Any], feature_tests: list[str], show_all: bool) -> None:
+def _cohort_table(c: dict[str, Any], policy: dict[str, Any], show_all: bool) -> None:
+    feature_tests, prediction_tests = policy["feature_tests"], policy["prediction_tests"]
     features = c["features"]
     shown = features if show_all else [f for f in features if f["verdict"] == "drift"]
     shown = sorted(shown, key=lambda f: (f["verdict"] != "drift", f["derived"], -f["strength"], f["name"]))
@@ -106,13 +107,13 @@ def _cohort_table(c: dict[str, Any], feature_tests: list[str], show_all: bool) -
             [
                 kind,
                 h["verdict"],
-                *[_test_cell(h["tests"], n) for n in ("chi_square", "js", "psi")],
+                *[_test_cell(h["tests"], n) for n in prediction_tests],
                 _fmt(live["effective_predictions"], 1),
                 private,
             ]
         )
     if rows:
-        table(None, ["histogram", "verdict", "chi_square", "js", "psi", "n (effective)", "privacy"], rows)
+        table(None, ["histogram", "verdict", *prediction_tests, "n (effective)", "privacy"], rows)
 
 
 def _show_report(doc: dict[str, Any], show_all: bool) -> None:
@@ -124,7 +125,7 @@ def _show_report(doc: dict[str, Any], show_all: bool) -> None:
         highlight=False,
     )
     for c in doc["cohorts"]:
-        _cohort_table(c, doc["policy"]["feature_tests"], show_all)
+        _cohort_table(c, doc["policy"], show_all)
     if any(c["drifted_derived"] for c in doc["cohorts"]):
         console.print(f"note: {doc['notes'][0]}", highlight=False)
     style = "bold red" if doc["drifted"] else "bold green"
