@@ -122,6 +122,16 @@ def test_the_server_gets_what_each_bundle_served_and_never_a_raw_row(device: Dev
             assert json.dumps([float(v) for v in row[:2]])[1:-1] not in payload
 
 
+def test_each_runtime_opens_with_the_agents_meter_never_the_default(device: Device, monkeypatch) -> None:
+    def default_meter():
+        raise AssertionError("the runtime opened its default meter")
+
+    monkeypatch.setattr("tinymlops.edge.runtime.default_meter", default_meter)
+    device.offer("t1")
+    assert device.agent.run_once().action == "installed"
+    assert device.agent.telemetry.meter is device.agent.energy_meter
+
+
 def test_a_lost_response_is_retried_with_the_same_bytes_and_merged_once(device: Device) -> None:
     device.offer("t1")
     device.agent.run_once()

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -49,6 +49,9 @@ from tinymlops.errors import (
     TinyMLOpsError,
     UsageError,
 )
+
+if TYPE_CHECKING:
+    from tinymlops.observe.energy import EnergyMeter
 
 #: every status an :class:`InstallResult` can report
 STATUSES = ("installed", "refused", "failed", "deferred", "rolled_back", "unchanged")
@@ -112,8 +115,10 @@ class Installer:
     """Verifies, stages, smoke-tests and commits bundles into a :class:`SlotStore`.
 
     ``middleware`` is called once per runtime the installer opens and returns extra middleware for
-    it (the agent's health watch goes there). ``timer`` measures step durations, ``clock`` stamps
-    results (both injectable for tests).
+    it (the agent's health watch goes there). ``meter`` is the device's energy meter, handed to each
+    runtime (:meth:`Runtime.open <tinymlops.edge.runtime.Runtime.open>`: ``"auto"`` lets the runtime
+    pick its default). ``timer`` measures step durations, ``clock`` stamps results (both injectable
+    for tests).
     """
 
     def __init__(
@@ -125,6 +130,7 @@ class Installer:
         require_check_vector: bool = True,
         threads: int = 1,
         middleware: Callable[[], list[Middleware]] | None = None,
+        meter: EnergyMeter | Literal["auto"] | None = "auto",
         timer: Callable[[], float] = time.perf_counter,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -137,6 +143,7 @@ class Installer:
         self.require_check_vector = require_check_vector
         self.threads = threads
         self.middleware = middleware
+        self.meter = meter
         self.timer = timer
         self.clock = clock
 
@@ -166,7 +173,9 @@ class Installer:
 
     def open_runtime(self, data: bytes) -> Runtime:
         extra = self.middleware() if self.middleware is not None else None
-        return Runtime.open(data, self.device_key, self.trusted, threads=self.threads, extra_middleware=extra)
+        return Runtime.open(
+            data, self.device_key, self.trusted, threads=self.threads, extra_middleware=extra, meter=self.meter
+        )
 
     def smoke(self, runtime: Runtime) -> None:
         """Run the manifest's check vector; raise :class:`IntegrityError` when the outputs differ."""

@@ -230,6 +230,7 @@ class Agent:
             require_check_vector=self.config.require_check_vector,
             threads=self.config.threads,
             middleware=self._runtime_middleware,
+            meter="auto" if energy_meter is None else energy_meter,  # each runtime opens with it
             timer=timer,
             clock=clock,
         )
@@ -343,8 +344,6 @@ class Agent:
                 bundle_id = runtime.manifest.bundle_id
                 watch.stats = ServingStats(bundle_id, clock=self.clock, timer=self.timer)
         recorder = None if runtime is None else runtime.telemetry
-        if recorder is not None and self.energy_meter is not None:
-            recorder.meter = self.energy_meter  # before it serves: the device's meter, not the default
         old_recorder = self._recorder
         self._runtime = runtime
         self._watch = watch
