@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select, update
 from telemetry_rows import DigitsWorld, digits_world
 
-from tinymlops.errors import NotFoundError, SpecError
+from tinymlops.errors import InvalidInputError, NotFoundError, SpecError
 from tinymlops.observe.policy import TelemetryPolicy
 from tinymlops.observe.references import ReferenceService, ReferenceSettings, model_outputs, subsample
 from tinymlops.observe.schema import ReferenceProfileRow
@@ -211,3 +211,40 @@ def test_a_tampered_stored_reference_is_refused_not_read(sqlite_workspace: Any, 
 def test_settings_follow_the_telemetry_policy() -> None:
     s = ReferenceSettings.from_policy(TelemetryPolicy(projection_dims=4, projection_seed=9, sketch_k=100))
     assert s.to_dict() == {"k": 100, "max_features": 64, "projection_dims": 4, "projection_seed": 9}
+
+
+def test_a_reference_that_cannot_be_built_never_fails_registration_nor_adding_a_dataset(
+    sqlite_workspace: Any, world: DigitsWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tinymlops.cli.dataset import _reference_for_new_dataset
+    from tinymlops.registry.blobs import sha256_hex
+
+    ws = sqlite_workspace
+    register_model(ws, "bare", world.onnx, derive=False, run_evaluation=False)
+    service = ReferenceService(ws.engine, ws.registry)
+    assert service.try_build("bare") is None  # no dataset: nothing to build from, nothing failed
+    calib, holdout = npz(world.x_eval[:200]), npz(world.x_eval[200:400])
+    ws.registry.add_dataset("bare", "calib", calib, role="calibration")
+    ws.registry.add_dataset("bare", "holdout", holdout, role="eval")
+    attempt = service.try_build("bare", given=[sha256_hex(b"not registered"), sha256_hex(calib)])
+    assert attempt is not None and attempt.error is None and attempt.record is not None
+    assert (attempt.model, attempt.version, attempt.record.dataset) == ("bare", 1, "calib")  # the given data
+
+    def refuse(*_args: Any, **_kwargs: Any) -> Any:
+        raise InvalidInputError("the model does not run here")
+
+    monkeypatch.setattr(ReferenceService, "compute", refuse)
+    attempt = service.try_build("bare", dataset="holdout")
+    assert attempt is not None and attempt.record is None and attempt.error == "the model does not run here"
+    assert service.require("bare").dataset == "calib"  # the stored reference is untouched
+    other = digits_world(1).onnx
+    v2 = register_model(ws, "bare", other, dataset=holdout, derive=False, run_evaluation=False)
+    assert v2.reference == {"status": "failed", "error": "the model does not run here"}
+    register_model(ws, "other", other, derive=False, run_evaluation=False)
+    ws.registry.add_dataset("other", "eval", holdout, role="eval")
+    assert _reference_for_new_dataset(ws, "other", "eval") == {
+        "version": 1,
+        "status": "failed: the model does not run here",
+    }
+    with pytest.raises(NotFoundError):  # an unknown version is the caller's mistake: raised
+        service.try_build("bare", 9)

@@ -40,16 +40,17 @@ def add(
 def _reference_for_new_dataset(ws: Workspace, model: str, dataset: str) -> dict[str, object] | None:
     """The latest version's drift reference profile from the new dataset, when it has none yet (an
     existing reference is kept: `tinymlops drift reference build --dataset` replaces it)."""
-    from tinymlops.errors import TinyMLOpsError
     from tinymlops.observe.references import ReferenceService
 
     service = ReferenceService(ws.engine, ws.registry)
     if service.get(model) is not None:
         return None
-    try:
-        built = service.build(model, dataset=dataset)
-    except TinyMLOpsError as exc:
-        return {"version": ws.registry.resolve(model).version, "status": f"failed: {exc.message}"}
+    attempt = service.try_build(model, dataset=dataset)
+    if attempt is None:  # not after adding one; kept for the type
+        return None
+    built = attempt.record
+    if built is None:
+        return {"version": attempt.version, "status": f"failed: {attempt.error}"}
     return {"version": built.version, "status": f"built from '{built.dataset}' ({built.rows} rows)"}
 
 

@@ -33,7 +33,7 @@ Server side (SQLAlchemy): the edge closure never imports this module.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -131,6 +131,17 @@ class ReferenceRecord:
         if profile:
             out["profile"] = self.profile.to_dict()
         return out
+
+
+@dataclass(frozen=True)
+class ReferenceAttempt:
+    """What :meth:`ReferenceService.try_build` did for ``model``'s base ``version``: the reference
+    built (or kept), or why it failed."""
+
+    model: str
+    version: int
+    record: ReferenceRecord | None = None
+    error: str | None = None  # the failure's message (record is None)
 
 
 def subsample(x: np.ndarray, limit: int = MAX_REFERENCE_ROWS, seed: int = SUBSAMPLE_SEED) -> np.ndarray:
@@ -280,6 +291,28 @@ class ReferenceService:
         profile, extra = self.compute(base, data, source=f"{base.ref} {record.label}")
         return self._store(base, record, {**settings, **extra}, profile)
 
+    def try_build(
+        self, model: str, version: int | None = None, *, dataset: str | None = None, given: Iterable[str] = ()
+    ) -> ReferenceAttempt | None:
+        """:meth:`build` for a flow that must never fail on it (registering a version, adding a
+        dataset): None when the model has no dataset at all (nothing to build from), else a
+        :class:`ReferenceAttempt` — built, or the :class:`~tinymlops.errors.TinyMLOpsError`'s message.
+        The dataset: ``dataset`` by name, else the first registered one whose SHA-256 is in ``given``
+        (the data that came with a registration), else :meth:`pick_dataset`'s choice. An unknown
+        model or version is still raised (the caller's mistake, not the reference's)."""
+        base = self._base(model, version)
+        datasets = self.registry.datasets(base.model)
+        if not datasets:
+            return None
+        if dataset is None:
+            by_digest = {d.sha256: d.name for d in datasets}
+            dataset = next((by_digest[h] for h in given if h in by_digest), None)
+        try:
+            record = self.build(base.model, base.version, dataset=dataset)
+        except TinyMLOpsError as exc:
+            return ReferenceAttempt(base.model, base.version, error=exc.message)
+        return ReferenceAttempt(base.model, base.version, record=record)
+
     def compute(self, base: ArtifactRecord, data: Dataset, *, source: str) -> tuple[ReferenceProfile, dict[str, Any]]:
         """The profile of ``data`` under ``base`` (no storage); the second item says how it was made."""
         x = subsample(data.x, self.max_rows)
@@ -337,6 +370,7 @@ class ReferenceService:
 
 __all__ = [
     "MAX_REFERENCE_ROWS",
+    "ReferenceAttempt",
     "ReferenceRecord",
     "ReferenceService",
     "ReferenceSettings",

@@ -93,19 +93,17 @@ def compute_reference(
     (:class:`~tinymlops.observe.references.ReferenceService`): from the dataset given with it (eval
     first, then calibration), else the model's registered ones; None when the model has no dataset.
     Registration never fails on it: a failure is reported in the result."""
-    from tinymlops.errors import TinyMLOpsError
     from tinymlops.observe.references import ReferenceService
 
-    if not ws.registry.datasets(base.model):
+    service = ReferenceService(ws.engine, ws.registry)
+    attempt = service.try_build(base.model, base.version, given=[sha256_hex(blob) for blob in given])
+    if attempt is None:
         say("  no dataset: no drift reference profile (add one with `tinymlops dataset add`)")
         return None
-    by_digest = {d.sha256: d.name for d in ws.registry.datasets(base.model)}
-    named = next((by_digest[sha256_hex(blob)] for blob in given if sha256_hex(blob) in by_digest), None)
-    try:
-        record = ReferenceService(ws.engine, ws.registry).build(base.model, base.version, dataset=named)
-    except TinyMLOpsError as exc:
-        say(f"  drift reference profile failed: {exc.message}")
-        return {"status": "failed", "error": exc.message}
+    record = attempt.record
+    if record is None:
+        say(f"  drift reference profile failed: {attempt.error}")
+        return {"status": "failed", "error": attempt.error}
     say(f"  drift reference profile from dataset '{record.dataset}' ({record.rows} rows)")
     outputs = record.settings.get("outputs")
     return {"status": "built", "dataset": record.dataset, "rows": record.rows, "outputs": outputs}
