@@ -193,11 +193,7 @@ class HealthSnapshot:
                 f"predictions ({self.predictions})"
             )
         for name in ("latency_p50_ms", "baseline_p50_ms"):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-                raise UsageError(f"health snapshot: '{name}' must be None or a finite number >= 0, got {value!r:.40}")
+            _opt_number(f"health snapshot: '{name}'", getattr(self, name))
 
     @property
     def reports(self) -> int:
