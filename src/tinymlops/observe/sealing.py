@@ -56,11 +56,12 @@ class SealedBatch:
     payload_bytes: int
 
     def headers(self) -> dict[str, str]:
-        return {
-            "Content-Type": CONTENT_TYPE,
-            "Content-Encoding": CONTENT_ENCODING,
-            SIGNATURE_HEADER: self.signature,
-        }
+        return upload_headers(self.signature)
+
+
+def upload_headers(signature: str) -> dict[str, str]:
+    """The headers a sealed body goes with: its type, its gzip encoding and its signature."""
+    return {"Content-Type": CONTENT_TYPE, "Content-Encoding": CONTENT_ENCODING, SIGNATURE_HEADER: signature}
 
 
 @dataclass(frozen=True)
@@ -163,4 +164,5 @@ __all__ = [
     "batch_digest",
     "open_batch",
     "seal_batch",
+    "upload_headers",
 ]

@@ -92,7 +92,7 @@ def decide(
     if cap is None:
         return UploadDecision(True, "allowed")
     recent = sorted((at, n) for at, n in sent if at > now - DAY_S)
-    used = sum(n for _, n in recent)
+    used = sent_within_day(recent, now)
     allowance = max(0, cap - used)
     need = max(batch_bytes, 1)
     if need <= allowance:

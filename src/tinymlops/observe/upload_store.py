@@ -54,7 +54,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tinymlops.crypto.keys import key_id
 from tinymlops.errors import PayloadTooLargeError, SpecError, TinyMLOpsError, UsageError
 from tinymlops.observe.privacy import EpsilonBudget, PrivacyPolicy, privatize
-from tinymlops.observe.sealing import CONTENT_ENCODING, CONTENT_TYPE, SIGNATURE_HEADER, seal_batch
+from tinymlops.observe.sealing import seal_batch, upload_headers
 from tinymlops.observe.upload_policy import DAY_S
 from tinymlops.observe.windows import merge_windows
 from tinymlops.spec.telemetry import (
@@ -78,7 +78,6 @@ from tinymlops.spec.telemetry import (
 
 log = logging.getLogger("tinymlops.observe.upload_store")
 
-STORE_FILE = "telemetry.sqlite3"
 SCHEMA_VERSION = 1
 DEFAULT_MAX_WINDOWS = 256
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
@@ -126,7 +125,7 @@ class PendingBatch:
     requests: int
 
     def headers(self) -> dict[str, str]:
-        return {"Content-Type": CONTENT_TYPE, "Content-Encoding": CONTENT_ENCODING, SIGNATURE_HEADER: self.signature}
+        return upload_headers(self.signature)
 
 
 @dataclass
@@ -135,7 +134,11 @@ class _Held:
 
     window: TelemetryWindow
     privacy: PrivacyPolicy
-    size: int
+    doc: bytes  # the window's canonical JSON
+
+    @property
+    def size(self) -> int:
+        return len(self.doc)
 
 
 @dataclass
@@ -182,15 +185,7 @@ class _ExhaustedBudget(EpsilonBudget):
 
 
 def _policy_json(policy: PrivacyPolicy) -> str:
-    return json.dumps(
-        {
-            "classes_epsilon": policy.classes_epsilon,
-            "confidence_epsilon": policy.confidence_epsilon,
-            "window_epsilon": policy.window_epsilon,
-            "day_epsilon": policy.day_epsilon,
-        },
-        sort_keys=True,
-    )
+    return json.dumps(asdict(policy), sort_keys=True)
 
 
 def _exact(window: TelemetryWindow) -> bool:
@@ -426,7 +421,7 @@ class UploadStore:
                     c.execute("DELETE FROM batches WHERE digest = ?", (digest,))
                 c.executemany("DELETE FROM windows WHERE id = ?", [(r,) for r in mem.forget_rows])
                 for held in mem.held:
-                    self._insert(c, held.window, held.privacy, held.size)
+                    self._insert(c, held.window, held.privacy, held.doc)
                 c.executemany("INSERT INTO sends (at, bytes) VALUES (?, ?)", mem.sends)
                 self._bump(c, mem.counters.merged, mem.counters.dropped)
                 self._compact(c)
@@ -450,7 +445,7 @@ class UploadStore:
                 )
 
     @staticmethod
-    def _insert(c: sqlite3.Connection, window: TelemetryWindow, policy: PrivacyPolicy, size: int) -> None:
+    def _insert(c: sqlite3.Connection, window: TelemetryWindow, policy: PrivacyPolicy, doc: bytes) -> None:
         c.execute(
             "INSERT INTO windows (bundle_id, window_start, window_end, requests, size, privacy, doc) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -459,9 +454,9 @@ class UploadStore:
                 window.window_start,
                 window.window_end,
                 window.performance.requests,
-                size,
+                len(doc),
                 _policy_json(policy),
-                canonical_json(window.to_dict()),
+                doc,
             ),
         )
 
@@ -519,7 +514,7 @@ class UploadStore:
                 continue
             i, j = min(pairs, key=lambda p: held[p[0]].window.window_start)
             merged = merge_windows(held[i].window, held[j].window)
-            held[i] = _Held(merged, held[i].privacy, len(canonical_json(merged.to_dict())))
+            held[i] = _Held(merged, held[i].privacy, canonical_json(merged.to_dict()))
             held.pop(j)
             self._mem.counters.merged += 1
 
@@ -535,9 +530,9 @@ class UploadStore:
                 "the upload store takes exact windows (privatize_histograms=False): it privatizes at upload"
             )
         privacy = privacy if privacy is not None else PrivacyPolicy()
-        size = len(canonical_json(window.to_dict()))
+        doc = canonical_json(window.to_dict())
         with self._lock:
-            self._mem.held.append(_Held(window, privacy, size))
+            self._mem.held.append(_Held(window, privacy, doc))
             if not self._sync():
                 self._compact_memory()
 
@@ -885,7 +880,6 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_WINDOWS",
     "DEFAULT_MEMORY_WINDOWS",
-    "STORE_FILE",
     "PendingBatch",
     "UploadStore",
     "peek",

@@ -306,7 +306,8 @@ class TelemetryUploader:
         deferred = error = None
         for _ in range(self.max_batches):
             now = self.clock()
-            decision = decide(self.policy, context, self.store.sent_log(), now)
+            sent_log = self.store.sent_log()  # nothing is sent before the second decision below reads it
+            decision = decide(self.policy, context, sent_log, now)
             if not decision.allowed:
                 deferred = decision.reason
                 break
@@ -316,7 +317,7 @@ class TelemetryUploader:
             if batch is None:
                 break
             size = len(batch.body)
-            decision = decide(self.policy, context, self.store.sent_log(), now, batch_bytes=size)
+            decision = decide(self.policy, context, sent_log, now, batch_bytes=size)
             if not decision.allowed:
                 cap = self.policy.max_bytes_per_day
                 if cap is not None and size > cap:  # would never go: drop it rather than stall the store
