@@ -21,6 +21,7 @@ import httpx
 import numpy as np
 
 from live_server import Plane
+from tiny_models import logistic_onnx
 from tinymlops.crypto.keys import DeviceKeys
 from tinymlops.edge.middleware import Request, Response, compose
 from tinymlops.observe.energy import PowerModelMeter
@@ -41,27 +42,12 @@ def digits_inputs() -> np.ndarray:
 
 @functools.cache
 def _digits_onnx() -> bytes:
-    from onnx import TensorProto, helper, numpy_helper
     from sklearn.datasets import load_digits
 
     data = load_digits()
     x = np.hstack([data.data / 16.0, np.ones((len(data.data), 1))])
     w, *_ = np.linalg.lstsq(x, np.eye(10)[data.target], rcond=None)
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["x", "W"], ["z"]),
-            helper.make_node("Add", ["z", "b"], ["logits"]),
-            helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
-        ],
-        "digits-linear",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
-        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", 10])],
-        [
-            numpy_helper.from_array((5.0 * w[:64]).astype(np.float32), "W"),
-            numpy_helper.from_array((5.0 * w[64]).astype(np.float32), "b"),
-        ],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+    return logistic_onnx((5.0 * w[:64]).T, 5.0 * w[64], 1.0)  # least squares, sharpened by 5
 
 
 @functools.cache

@@ -29,6 +29,7 @@ import numpy as np
 import onnxruntime as ort
 
 from enrolled_devices import enrol_device
+from tiny_models import logistic_onnx
 from tinymlops.crypto.keys import DeviceKeys
 from tinymlops.edge.middleware import Request, Response
 from tinymlops.observe.ingest import BundleOrigin, window_row
@@ -57,27 +58,6 @@ class DigitsWorld:
         buf = io.BytesIO()
         np.savez(buf, x=self.x_eval, y=self.y_eval)
         return buf.getvalue()
-
-
-def logistic_onnx(coef: np.ndarray, intercept: np.ndarray, scale: float) -> bytes:
-    """``softmax(x @ (coef.T * scale) + intercept)`` as an ONNX model: input ``x`` [batch, F]."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    w = numpy_helper.from_array((coef.T * scale).astype(np.float32), "W")
-    b = numpy_helper.from_array(intercept.astype(np.float32), "B")
-    features, classes = coef.shape[1], coef.shape[0]
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["x", "W"], ["logits0"]),
-            helper.make_node("Add", ["logits0", "B"], ["logits"]),
-            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
-        ],
-        "digits_logistic",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", features])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", classes])],
-        [w, b],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
 
 
 def digits_world(seed: int = 0) -> DigitsWorld:
