@@ -121,16 +121,12 @@ def _bind(mw: Middleware, nxt: CallNext) -> CallNext:
 
 
 def _telemetry_factory(table: Mapping[str, Any], context: PolicyContext | None) -> Middleware:
-    """The telemetry policy: a TelemetryRecorder for the bundle, with the context's meter and clocks.
-
-    ``latency_window`` (the key an older runtime's latency ring buffer read) is still accepted and
-    checked, and has no other effect: the recorder's latency histogram is bounded whatever it sees."""
+    """The telemetry policy (parsed by :meth:`TelemetryPolicy.from_table
+    <tinymlops.observe.policy.TelemetryPolicy.from_table>`): a TelemetryRecorder for the bundle, with
+    the context's meter and clocks."""
     from tinymlops.observe.policy import TelemetryPolicy
     from tinymlops.observe.recorder import TelemetryRecorder
 
-    window = table.get("latency_window", 4096)
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise SpecError(f"telemetry policy: latency_window must be an integer >= 1, got {window!r}")
     policy = TelemetryPolicy.from_table(table)
     if context is None:
         raise UsageError("the telemetry policy needs the bundle's PolicyContext (its bundle id and model)")

@@ -99,9 +99,14 @@ class TelemetryPolicy:
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any]) -> TelemetryPolicy:
-        """From the manifest's telemetry table (unknown keys refused)."""
+        """From the manifest's telemetry table (unknown keys refused). ``latency_window`` (the key an
+        older runtime's latency ring buffer read) is still accepted and checked, and has no other
+        effect: the recorder's latency histogram is bounded whatever it sees."""
         if not isinstance(table, Mapping):
             raise SpecError(f"{DOC}: must be a table, got {type(table).__name__}")
+        window = table.get("latency_window", 4096)
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise SpecError(f"telemetry policy: latency_window must be an integer >= 1, got {window!r}")
         unknown = sorted(set(table) - _KEYS)
         if unknown:
             raise SpecError(f"{DOC}: this runtime does not implement {', '.join(unknown)}")
