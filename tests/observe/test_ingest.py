@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from enrolled_devices import enrol_device
 from tiny_models import tiny_onnx
 from tinymlops.crypto.keys import DeviceKeys
-from tinymlops.errors import DuplicateBatchError, SpecError
+from tinymlops.errors import DuplicateBatchError, SpecError, WindowOverlapError
 from tinymlops.observe.ingest import TelemetryIngest
 from tinymlops.observe.schema import TelemetryBatchRow
 from tinymlops.release.service import ReleaseService
@@ -68,3 +68,38 @@ def test_a_batch_naming_another_device_is_refused_naming_both(workspace: Any) ->
         TelemetryIngest(workspace.engine).ingest(
             replace(device, signing_public=other.signing_public), sealed.body, sealed.signature
         )
+
+
+def test_a_point_window_overlaps_only_the_identical_point_window_or_a_span_around_it(workspace: Any) -> None:
+    """Spans are half-open, except that a zero-length window [t, t] overlaps the identical one: a
+    point window re-sent in a new batch is refused (409), windows ending or starting at t are not."""
+    from tinymlops.observe.sealing import seal_batch
+    from tinymlops.server.error_responses import status_for
+
+    device, keys, bundle = _device(workspace)
+    ingest = TelemetryIngest(workspace.engine)
+    sent = iter(range(1, 100))
+
+    def send(*spans: tuple[float, float]) -> Any:
+        windows = tuple(TelemetryWindow(bundle, s, e, Performance(requests=0)) for s, e in spans)
+        sealed = seal_batch(TelemetryBatch(device.id, 1000.0 + next(sent), windows), keys.signing)
+        return ingest.ingest(device, sealed.body, sealed.signature)
+
+    t = 500.0
+    first = send((t, t))
+    with pytest.raises(WindowOverlapError) as info:  # the same point window in another batch
+        send((t, t))
+    assert status_for(info.value) == 409
+    assert info.value.details["stored_batch_id"] == first.batch_id
+    assert (info.value.details["stored_start"], info.value.details["stored_end"]) == (t, t)
+    assert send((t, t + 60)).windows == 1  # starts where the point is: half-open, no overlap
+    assert send((t - 60, t)).windows == 1  # ends where the point is
+    with pytest.raises(WindowOverlapError):  # a point inside a stored span
+        send((t + 30, t + 30))
+    with pytest.raises(WindowOverlapError):  # the point at the start of a stored span [t, t + 60)
+        send((t + 60, t + 120), (t, t))
+    assert send((t + 60, t + 60)).windows == 1  # the stored span ends there: no overlap
+    with pytest.raises(SpecError, match="overlap"):  # two identical point windows in one batch
+        send((t + 200, t + 200), (t + 200, t + 200))
+    with workspace.engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(TelemetryBatchRow)) == 4

@@ -94,3 +94,34 @@ def test_a_class_comparison_counts_only_devices_with_both_bundles() -> None:
     assert rpi.energy_method == "rapl" and rpi.latency_baseline and rpi.energy_baseline
     assert x86.energy_baseline and x86.energy_method is None and x86.energy_ratio is None
     assert x86.p95_ratio == pytest.approx(1.0)
+
+
+def test_energy_is_compared_on_the_method_with_the_most_paired_samples_rapl_on_a_tie() -> None:
+    """A class whose devices measure with RAPL and estimate with the power model: the comparison uses
+    ONE method for both sides — the one with the most paired inferences (the smaller side of the
+    pair counts), RAPL when they tie — and never mixes the two."""
+    members = [Member(d, p, f"new-{d}", f"old-{d}") for d, p in (("d1", "a"), ("d2", "a"), ("d3", "b"),
+               ("d4", "b"), ("d5", "c"), ("d6", "c"))]  # fmt: skip
+
+    def pair(device: str, method: str, base: tuple[int, float], new: tuple[int, float]) -> list[WindowPerf]:
+        (nb, jb), (nn, jn) = base, new
+        return [
+            _window(device, f"old-{device}", [0.001] * nb, joules=jb, method=method),
+            _window(device, f"new-{device}", [0.001] * nn, joules=jn, method=method),
+        ]
+
+    windows = [
+        *pair("d1", "rapl", (10, 0.01), (10, 0.03)),  # class a: rapl pairs 10 inferences, ratio 3
+        *pair("d2", "model", (40, 0.10), (40, 0.20)),  # ... model pairs 40, ratio 2: model wins
+        *pair("d3", "rapl", (20, 0.01), (20, 0.03)),  # class b: 20 and 20, a tie: rapl
+        *pair("d4", "model", (20, 0.10), (20, 0.20)),
+        *pair("d5", "model", (10, 0.10), (100, 0.20)),  # class c: model pairs min(10, 100) = 10 ...
+        *pair("d6", "rapl", (30, 0.01), (30, 0.03)),  # ... rapl 30: rapl, though model has more in all
+    ]
+    a, b, c = compare_classes(members, windows)
+    assert (a.profile, a.energy_method, a.new_energy_samples, a.base_energy_samples) == ("a", "model", 40, 40)
+    assert (a.new_energy_j, a.base_energy_j, a.energy_ratio) == pytest.approx((0.20, 0.10, 2.0))
+    assert (b.profile, b.energy_method, b.new_energy_samples, b.base_energy_samples) == ("b", "rapl", 20, 20)
+    assert (b.new_energy_j, b.base_energy_j, b.energy_ratio) == pytest.approx((0.03, 0.01, 3.0))
+    assert (c.profile, c.energy_method, c.new_energy_samples, c.base_energy_samples) == ("c", "rapl", 30, 30)
+    assert c.energy_ratio == pytest.approx(3.0)
