@@ -248,3 +248,58 @@ def test_a_reference_that_cannot_be_built_never_fails_registration_nor_adding_a_
     }
     with pytest.raises(NotFoundError):  # an unknown version is the caller's mistake: raised
         service.try_build("bare", 9)
+
+
+def test_two_concurrent_first_stores_leave_one_row_the_loser_retrying_as_an_update(
+    workspace: Any, world: DigitsWorld
+) -> None:
+    """Both writers see no row (the barrier holds each after its SELECT … FOR UPDATE), both insert:
+    the unique (model, version) constraint refuses one, which retries and updates the winner's row."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    register_model(workspace, "digits", world.onnx, derive=False, run_evaluation=False)
+    record = workspace.registry.add_dataset("digits", "eval", world.eval_npz(), role="eval")
+    service = ReferenceService(workspace.engine, workspace.registry)
+    base = workspace.registry.resolve("digits")
+    profile, extra = service.compute(base, workspace.registry.load_dataset(record), source="test")
+    assert service.get("digits") is None
+    barrier, local, selects = threading.Barrier(2, timeout=30), threading.local(), []
+    sessions = service._sessions
+
+    class RacingSession:
+        def __init__(self) -> None:
+            self._session = sessions()
+
+        def __enter__(self) -> Any:
+            real = self._session.__enter__()
+            scalar = real.scalar
+
+            def first_select_then_wait(*args: Any, **kwargs: Any) -> Any:
+                row = scalar(*args, **kwargs)
+                selects.append((local.who, row is None))
+                if not getattr(local, "waited", False):  # the first attempt: wait for the other writer
+                    local.waited = True
+                    barrier.wait()
+                return row
+
+            real.scalar = first_select_then_wait
+            return real
+
+        def __exit__(self, *exc: Any) -> Any:
+            return self._session.__exit__(*exc)
+
+    def store(who: str) -> Any:
+        local.who = who
+        return service._store(base, record, {**extra, "who": who}, profile)
+
+    service._sessions = RacingSession  # type: ignore[assignment]
+    with ThreadPoolExecutor(2) as pool:
+        stored = list(pool.map(store, "AB"))
+    assert [r.settings["who"] for r in stored] == ["A", "B"]  # neither writer failed
+    assert sorted(saw_none for _, saw_none in selects) == [False, True, True]  # both saw no row, then one retry
+    (loser,) = [who for who, saw_none in selects if not saw_none]  # ... found the winner's row
+    assert rows(workspace) == 1
+    service._sessions = sessions
+    kept = service.require("digits")
+    assert kept.settings["who"] == loser and kept.profile.to_dict() == profile.to_dict()  # updated by the loser
