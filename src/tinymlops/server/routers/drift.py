@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from tinymlops.errors import SpecError, UsageError
+from tinymlops.errors import NotFoundError, SpecError, UsageError
 from tinymlops.observe.drift import DriftPolicy
 from tinymlops.observe.fleet_drift import MAX_COHORT_CHARS, DriftService, StoredPolicy
 from tinymlops.observe.references import ReferenceService
@@ -257,9 +257,14 @@ def drift_report(
     statistic, p-value and threshold, prediction and confidence drift (privatized histograms
     de-biased), a verdict. 404 for an unknown model or version, no reference profile, no telemetry in
     the time range or an unknown cohort; 400 for a bad window or range."""
-    report = _drift(services).report(
-        name, version=version, window=window, since=since, until=until, by=by, cohort=cohort
-    )  # a bad window or range: UsageError, a 400 naming it
+    try:
+        report = _drift(services).report(
+            name, version=version, window=window, since=since, until=until, by=by, cohort=cohort
+        )
+    except NotFoundError:  # no model, version, reference, telemetry or cohort: a 404
+        raise
+    except UsageError as exc:  # a bad window, or a window and a range: the query's rules across fields
+        raise SpecError(exc.message) from exc
     return report.to_dict()
 
 
