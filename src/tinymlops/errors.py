@@ -209,6 +209,28 @@ class WindowOverlapError(ConflictError):
     and the stored one (``stored_start``/``stored_end``, ``stored_batch_id``)."""
 
 
+class DuplicateReportError(ConflictError):
+    """A usage report with this digest was already accepted from this device: it is not counted
+    again (HTTP 409). ``digest`` names it and ``next_seq`` is the first ledger entry the server
+    still waits for; the device treats the report as delivered."""
+
+    def __init__(self, message: str, *, digest: str, next_seq: int) -> None:
+        super().__init__(message, digest=digest, next_seq=next_seq)
+        self.digest = digest
+        self.next_seq = next_seq
+
+
+class ReportGapError(ConflictError):
+    """A usage report starts after the entries the server has of that chain (``first_seq`` above
+    ``next_seq``): a report in between was lost or the reports arrived out of order. Nothing is
+    stored (HTTP 409); the device sends again from ``next_seq``."""
+
+    def __init__(self, message: str, *, first_seq: int, next_seq: int) -> None:
+        super().__init__(message, first_seq=first_seq, next_seq=next_seq)
+        self.first_seq = first_seq
+        self.next_seq = next_seq
+
+
 class LicenseError(InvalidInputError):
     """A prepaid query license does not apply here: issued for another device or model, not
     chained to the license it claims to top up, or not a license at all. A forged or altered
@@ -298,6 +320,11 @@ class LicenseScopeError(MeteringRefusedError):
     """The license in force does not cover the model version this runtime serves."""
 
 
+class LicenseRevokedError(MeteringRefusedError):
+    """The issuer revoked the license in force (the device learnt it at its last contact and wrote
+    it into its ledger); metered predictions stay refused until a top-up is installed."""
+
+
 __all__ = [
     "AccessDeniedError",
     "AgentStateError",
@@ -307,6 +334,7 @@ __all__ = [
     "ConflictError",
     "ConversionMismatchError",
     "DuplicateBatchError",
+    "DuplicateReportError",
     "IncompatibleError",
     "InputMismatchError",
     "IntegrityError",
@@ -317,6 +345,7 @@ __all__ = [
     "LedgerTamperedError",
     "LicenseError",
     "LicenseExpiredError",
+    "LicenseRevokedError",
     "LicenseScopeError",
     "MeteringRefusedError",
     "MissingKeyError",
@@ -331,6 +360,7 @@ __all__ = [
     "RecipeError",
     "RecipeNotFoundError",
     "ReplayedRequestError",
+    "ReportGapError",
     "RequestSignatureError",
     "ServerRequestError",
     "ServerUnreachableError",

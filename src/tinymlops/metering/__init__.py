@@ -16,10 +16,13 @@ from tinymlops.metering.ledger import Ledger, verify_chain
 from tinymlops.metering.ledger_store import FileCounter, LedgerStore, MonotonicCounter
 from tinymlops.metering.license_signing import (
     SignedLicense,
+    SignedRevocation,
     SignedUsageReport,
     sign_license,
+    sign_revocation,
     sign_usage_report,
     verify_license,
+    verify_revocation,
     verify_usage_report,
 )
 from tinymlops.metering.meter import Meter, MeteringHost, MeteringMiddleware, bind_metering, metering_bound
@@ -33,12 +36,15 @@ __all__ = [
     "MeteringMiddleware",
     "MonotonicCounter",
     "SignedLicense",
+    "SignedRevocation",
     "SignedUsageReport",
     "bind_metering",
     "metering_bound",
     "sign_license",
+    "sign_revocation",
     "sign_usage_report",
     "verify_chain",
     "verify_license",
+    "verify_revocation",
     "verify_usage_report",
 ]

@@ -6,6 +6,8 @@ never be replayed as another, nor as any other signature tinymlops makes with th
 
 * :func:`sign_license` / :func:`verify_license` — the issuer's key; the verifier passes the issuer
   keys it trusts and gets the parsed :class:`~tinymlops.spec.license.License` back.
+* :func:`sign_revocation` / :func:`verify_revocation` — the issuer's key again, under its own
+  domain: a revocation of a license the device holds.
 * :func:`sign_usage_report` / :func:`verify_usage_report` — the device's key (its key id is the
   report's ``device_id``).
 
@@ -22,16 +24,25 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tinymlops.crypto.keys import ed25519_public, key_id
 from tinymlops.crypto.signing import TrustedKey, sign, trusted_key_map, verify
 from tinymlops.errors import SignatureError
-from tinymlops.spec.license import License
+from tinymlops.spec.license import License, Revocation
 from tinymlops.spec.usage_report import UsageReport
 
 LICENSE_DOMAIN = b"tinymlops/license/v1\x00"
 USAGE_REPORT_DOMAIN = b"tinymlops/usage-report/v1\x00"
+REVOCATION_DOMAIN = b"tinymlops/license-revocation/v1\x00"
 
 
 @dataclass(frozen=True)
 class SignedLicense:
     """A license's exact bytes and the issuer's 64-byte signature over them (domain-separated)."""
+
+    data: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True)
+class SignedRevocation:
+    """A revocation's exact bytes and the issuer's 64-byte signature over them (domain-separated)."""
 
     data: bytes
     signature: bytes
@@ -74,6 +85,33 @@ def verify_license(signed: SignedLicense, trusted_issuer_keys: Iterable[TrustedK
     return license
 
 
+def sign_revocation(revocation: Revocation, issuer_key: Ed25519PrivateKey) -> SignedRevocation:
+    """Sign ``revocation`` (whose ``issuer_key_id`` must name ``issuer_key``)."""
+    if revocation.issuer_key_id != key_id(issuer_key):
+        raise SignatureError(
+            f"revocation names issuer key {revocation.issuer_key_id}, but the signing key is {key_id(issuer_key)}",
+            member="license revocation",
+        )
+    data = revocation.to_bytes()
+    return SignedRevocation(data, sign(issuer_key, REVOCATION_DOMAIN + data))
+
+
+def verify_revocation(signed: SignedRevocation, trusted_issuer_keys: Iterable[TrustedKey]) -> Revocation:
+    """Parse the revocation strictly and verify it with the trusted issuer key it names
+    (:class:`~tinymlops.errors.SpecError` if malformed, :class:`SignatureError` if not trusted or forged)."""
+    revocation = Revocation.from_bytes(signed.data)
+    keys = trusted_key_map(trusted_issuer_keys)
+    pub = keys.get(revocation.issuer_key_id)
+    if pub is None:
+        raise SignatureError(
+            f"revocation of license {revocation.license_id} is signed by issuer key {revocation.issuer_key_id}, "
+            f"which this device does not trust (trusted: {', '.join(sorted(keys)) or 'none'})",
+            member="license revocation",
+        )
+    verify(pub, signed.signature, REVOCATION_DOMAIN + bytes(signed.data), member="license revocation")
+    return revocation
+
+
 def sign_usage_report(report: UsageReport, device_key: Ed25519PrivateKey) -> SignedUsageReport:
     if report.device_id != key_id(device_key):
         raise SignatureError(
@@ -99,11 +137,15 @@ def verify_usage_report(signed: SignedUsageReport, device_public_key: TrustedKey
 
 __all__ = [
     "LICENSE_DOMAIN",
+    "REVOCATION_DOMAIN",
     "USAGE_REPORT_DOMAIN",
     "SignedLicense",
+    "SignedRevocation",
     "SignedUsageReport",
     "sign_license",
+    "sign_revocation",
     "sign_usage_report",
     "verify_license",
+    "verify_revocation",
     "verify_usage_report",
 ]

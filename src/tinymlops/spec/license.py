@@ -179,4 +179,98 @@ class License:
         return cls.from_dict(parse_json_strict(raw, DOC), raw=raw)
 
 
-__all__ = ["LICENSE_MAJOR", "LICENSE_VERSION", "MAX_LICENSE_BYTES", "MODEL_NAME", "License", "canonical_json"]
+REVOCATION_DOC = "license revocation"
+MAX_REASON_CHARS = 200
+_REVOCATION_FIELDS = ("spec_version", "license_id", "device_id", "model", "revoked_at", "reason", "issuer_key_id")
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """The issuer's signed word that a license is revoked (a signed document like :class:`License`)::
+
+        {"spec_version": "1.0", "license_id": "<32 hex>", "device_id": "<16 hex>", "model": "digits",
+         "revoked_at": 1718000000, "reason": "chargeback", "issuer_key_id": "<16 hex>"}
+
+    The device learns it at its next contact, writes a ``revoke`` entry into its ledger and refuses
+    metered calls until a top-up is installed. Signed by the same issuer key as licenses, under its
+    own domain (:func:`tinymlops.metering.license_signing.sign_revocation`)."""
+
+    license_id: str
+    device_id: str
+    model: str
+    revoked_at: int
+    reason: str
+    issuer_key_id: str
+    spec_version: str = LICENSE_VERSION
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    raw: bytes | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.raw is None:
+            Revocation.from_dict(self.to_dict())
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.extra)
+        out.update(
+            spec_version=self.spec_version,
+            license_id=self.license_id,
+            device_id=self.device_id,
+            model=self.model,
+            revoked_at=self.revoked_at,
+            reason=self.reason,
+            issuer_key_id=self.issuer_key_id,
+        )
+        return out
+
+    def to_bytes(self) -> bytes:
+        return self.raw if self.raw is not None else canonical_json(self.to_dict())
+
+    @property
+    def digest(self) -> str:
+        """sha256 (hex) of :meth:`to_bytes`: what the ledger's ``revoke`` entry commits to."""
+        return hashlib.sha256(self.to_bytes()).hexdigest()
+
+    @classmethod
+    def from_dict(cls, data: Any, *, raw: bytes | None = None) -> Revocation:
+        doc = REVOCATION_DOC
+        if not isinstance(data, Mapping):
+            raise SpecError(f"{doc}: must be an object, got {type(data).__name__}")
+        version = check_version(doc, data, LICENSE_MAJOR)
+        model = data.get("model")
+        if not isinstance(model, str) or not MODEL_NAME.match(model):
+            raise SpecError(f"{doc}: field 'model' must be a model name (letters, digits, . _ -), got {model!r:.80}")
+        reason = data.get("reason")
+        if not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS:
+            raise SpecError(f"{doc}: field 'reason' must be a string of at most {MAX_REASON_CHARS} characters")
+        rev = cls(
+            spec_version=version,
+            license_id=read_hex(doc, data, "license_id", HEX32, "32 lowercase hex digits"),
+            device_id=read_hex(doc, data, "device_id", HEX16, "16 lowercase hex digits"),
+            model=model,
+            revoked_at=read_int(doc, data, "revoked_at", low=0, high=MAX_EPOCH),
+            reason=reason,
+            issuer_key_id=read_hex(doc, data, "issuer_key_id", HEX16, "16 lowercase hex digits"),
+            extra={k: v for k, v in data.items() if k not in _REVOCATION_FIELDS},
+            raw=raw if raw is not None else b"",
+        )
+        if raw is None:
+            object.__setattr__(rev, "raw", None)
+        return rev
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Revocation:
+        raw = bytes(raw)
+        if len(raw) > MAX_LICENSE_BYTES:
+            raise SpecError(f"{REVOCATION_DOC}: {len(raw)} bytes, more than the {MAX_LICENSE_BYTES} accepted")
+        return cls.from_dict(parse_json_strict(raw, REVOCATION_DOC), raw=raw)
+
+
+__all__ = [
+    "LICENSE_MAJOR",
+    "LICENSE_VERSION",
+    "MAX_LICENSE_BYTES",
+    "MODEL_NAME",
+    "License",
+    "Revocation",
+    "canonical_json",
+]

@@ -3,13 +3,17 @@
 **A ledger entry** is one link of the device's append-only hash chain (canonical JSON; its hash is
 ``sha256(canonical bytes)``, the next entry's ``prev_hash``)::
 
-    {"seq": 0, "prev_hash": "<64 hex>", "kind": "license" | "reserve",
+    {"seq": 0, "prev_hash": "<64 hex>", "kind": "license" | "reserve" | "revoke",
      "license_id": "<32 hex>", "count": 64, "at": 1718000000, "ref": "<64 hex>" | null,
      "nonce": "<16 hex>"}
 
 ``license`` entries install a license (or a top-up): ``count`` is its queries, ``ref`` the sha256
 of its signed bytes. ``reserve`` entries are durable blocks of calls, written *before* the calls
-they allow run: ``count`` calls, ``ref`` null. ``nonce`` is 64 random bits, so no two entries are
+they allow run: ``count`` calls, ``ref`` null. ``revoke`` entries record the issuer's signed
+revocation of the license in force (``license_id``), learnt at a contact with the server: ``ref``
+is the sha256 of the revocation's signed bytes and ``count`` the queries forfeited by it (the
+chain's licensed minus reserved at that moment; 0 allowed) — after it the device refuses metered
+calls until a top-up is installed. ``nonce`` is 64 random bits, so no two entries are
 alike: an older copy of the ledger written on again forks (other hashes at the same seq) even when
 it repeats the same counts at the same second — a fork the monotonic counter and the server can both
 see. The first entry has ``seq`` 0 and ``prev_hash`` :data:`GENESIS_HASH`. Entries are exact:
@@ -24,7 +28,8 @@ only an unsupported major version is refused)::
       "first_seq": 12, "last_seq": 20,                      # the entries in the report, inclusive
       "head_before": "<64 hex>",                            # hash of entry first_seq - 1 (genesis if 0)
       "head_after": "<64 hex>",                             # hash of entry last_seq
-      "licensed": 0, "reserved": 512,                       # sums of the entries' counts by kind
+      "licensed": 0, "reserved": 512,                       # sums of the license / reserve entries'
+                                                            # counts (revoke entries are in neither)
       "block_remaining": 17,                                # calls of the open block not yet served
                                                             # (0 when the report stops short of the head)
       "entries": [<ledger entry>, ...],                      # exactly first_seq ..= last_seq
@@ -51,7 +56,7 @@ from tinymlops.spec.manifest import canonical_json, parse_json_strict
 USAGE_REPORT_MAJOR = 1
 USAGE_REPORT_VERSION = "1.0"
 GENESIS_HASH = "0" * 64
-ENTRY_KINDS = ("license", "reserve")
+ENTRY_KINDS = ("license", "reserve", "revoke")
 MAX_SEQ = 2**53
 #: entries one report may carry; a device with more sends several reports
 MAX_REPORT_ENTRIES = 4096
@@ -119,6 +124,8 @@ class LedgerEntry:
         ref = data["ref"]
         if kind == "license":
             ref = read_hex(where, data, "ref", HEX64, "the license's sha256 (64 lowercase hex digits)")
+        elif kind == "revoke":
+            ref = read_hex(where, data, "ref", HEX64, "the revocation's sha256 (64 lowercase hex digits)")
         elif ref is not None:
             raise SpecError(f"{where}: field 'ref' must be null on a {kind} entry")
         return cls(
@@ -126,7 +133,8 @@ class LedgerEntry:
             prev_hash=read_hex(where, data, "prev_hash", HEX64, "64 lowercase hex digits"),
             kind=kind,
             license_id=read_hex(where, data, "license_id", HEX32, "32 lowercase hex digits"),
-            count=read_int(where, data, "count", low=1, high=MAX_QUERIES),
+            # a revocation may forfeit nothing (the chain was used up); every other entry counts >= 1
+            count=read_int(where, data, "count", low=0 if kind == "revoke" else 1, high=MAX_QUERIES),
             at=read_int(where, data, "at", low=0, high=MAX_EPOCH),
             ref=ref,
             nonce=read_hex(where, data, "nonce", HEX16, "16 lowercase hex digits"),
