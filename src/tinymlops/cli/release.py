@@ -49,6 +49,13 @@ def _show(doc: dict[str, Any]) -> None:
         highlight=False,
     )
     console.print(f"telemetry: {_telemetry_text(doc.get('telemetry'))}", highlight=False)
+    metering = doc.get("metering")
+    if metering:
+        console.print(
+            f"metering: pay per query under a license for '{metering['model']}' "
+            f"(reservations of {metering['block']} calls)",
+            highlight=False,
+        )
     table(None, ["device", "profile", "stage", "status", "ref", "bundle", "installed", "reason"], _assignment_rows(doc))
 
 
@@ -224,12 +231,27 @@ def create_cmd(
             "window_epsilon, day_epsilon.",
         ),
     ] = None,
+    metered: Annotated[
+        bool,
+        typer.Option(
+            "--metered",
+            help="Pay per query: devices serve these bundles only under a prepaid license "
+            "(tinymlops license issue), enforced offline.",
+        ),
+    ] = False,
+    metering_block: Annotated[
+        int | None,
+        typer.Option(
+            "--metering-block", min=1, max=1 << 20, help="With --metered: calls per durable reservation (default 64)."
+        ),
+    ] = None,
     workspace: WorkspaceOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Select a variant per device, build a bundle encrypted to each and publish them through TUF —
     to every device at once, or stage by stage with --stages / --plan. Every bundle carries a
-    telemetry policy: on by default (--no-telemetry, --no-telemetry-inputs, --privacy KEY=VALUE)."""
+    telemetry policy: on by default (--no-telemetry, --no-telemetry-inputs, --privacy KEY=VALUE);
+    with --metered, a metering policy too (pay per query under a license)."""
     from tinymlops.release.rollouts import cli_actor
     from tinymlops.release.service import ReleaseService
     from tinymlops.workspace import Workspace
@@ -242,6 +264,9 @@ def create_cmd(
     if stages is not None:
         plan_doc = _parse_stages(stages, on_failure, min_reports, soak)
     telemetry_doc = _telemetry_options(telemetry, telemetry_inputs, privacy)
+    if metering_block is not None and not metered:
+        raise UsageError("--metering-block applies only with --metered")
+    metering_doc = None if not metered else ({} if metering_block is None else {"block": metering_block})
     with Workspace.open(workspace) as ws:
         record = ReleaseService(ws).create_release(
             model,
@@ -252,6 +277,7 @@ def create_cmd(
             created_by=cli_actor(),
             plan=plan_doc,
             telemetry=telemetry_doc,
+            metering=metering_doc,
         )
         doc = record.to_dict()
     if json_out:

@@ -80,6 +80,7 @@ from tinymlops.errors import (
 from tinymlops.registry.db import session_factory
 from tinymlops.registry.refs import parse_ref
 from tinymlops.release.health import HealthReportRecord, HealthReports
+from tinymlops.release.metering import metering_table
 from tinymlops.release.repository import RefreshResult, UpdateRepository
 from tinymlops.release.rollouts import Rollouts
 from tinymlops.release.schema import (
@@ -189,6 +190,12 @@ class Assignment:
         table = self.selection.get("telemetry")
         return dict(table) if isinstance(table, Mapping) else None
 
+    @property
+    def metering(self) -> dict[str, Any] | None:
+        """The metering table its bundle's manifest carries (None: not metered)."""
+        table = self.selection.get("metering")
+        return dict(table) if isinstance(table, Mapping) else None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "device_id": self.device_id,
@@ -229,6 +236,8 @@ class ReleaseRecord:
     profiles: tuple[str, ...] = ()
     #: the telemetry policy its bundles carry (what they all say alike; None: no bundle recorded one)
     telemetry: dict[str, Any] | None = None
+    #: the metering policy its bundles carry (None: not metered)
+    metering: dict[str, Any] | None = None
 
     @property
     def published(self) -> list[Assignment]:
@@ -262,6 +271,7 @@ class ReleaseRecord:
             "skipped": len(self.skipped),
             "rollout": self.rollout,
             "telemetry": self.telemetry,
+            "metering": self.metering,
         }
         if assignments:
             out["assignments"] = [a.to_dict() for a in self.assignments]
@@ -428,6 +438,7 @@ class ReleaseService:
         candidates: list[Candidate],
         out_dir: Path,
         telemetry: Callable[[str], dict[str, Any]],
+        metering: dict[str, Any] | None = None,
     ) -> _Planned:
         plan = _Planned(device, device.profile_name, "skipped")
         try:
@@ -464,7 +475,7 @@ class ReleaseService:
                 target=profile.name,
                 device_public_key=device.wrapping_public,
                 out=path,
-                policies={"telemetry": table},
+                policies={"telemetry": table} if metering is None else {"telemetry": table, "metering": metering},
             )
         except TargetNotFoundError:
             plan.reason = (
@@ -477,6 +488,8 @@ class ReleaseService:
             return plan
         plan.status = "published"
         plan.selection["telemetry"] = table
+        if metering is not None:
+            plan.selection["metering"] = metering
         plan.path = built.path
         plan.bundle_id = built.manifest.bundle_id
         plan.sha256 = built.sha256
@@ -494,6 +507,7 @@ class ReleaseService:
         created_by: str = "",
         plan: RolloutPlan | Mapping[str, Any] | None = None,
         telemetry: Mapping[str, Any] | None = None,
+        metering: Mapping[str, Any] | None = None,
     ) -> ReleaseRecord:
         """Select, build and publish a release (see the module docstring); returns it as recorded.
 
@@ -501,7 +515,9 @@ class ReleaseService:
         stage by stage (:mod:`tinymlops.release.rollouts`). Without one, every device at once.
         ``telemetry`` sets the bundles' telemetry policy (:mod:`tinymlops.release.telemetry`:
         ``enabled``, ``inputs``, ``privacy``; None: the default — on, inputs profiled, exact
-        histograms); a bad value is a SpecError naming it, raised before anything is built."""
+        histograms); a bad value is a SpecError naming it, raised before anything is built.
+        ``metering`` (``{"block": N}``, ``{}`` for the default block; None: free) makes every bundle
+        metered (:mod:`tinymlops.release.metering`): devices serve it only under a license."""
         if not isinstance(urgent, bool):
             raise UsageError(f"urgent must be true or false, got {urgent!r}")
         tag_list = sorted(set(tags))
@@ -517,6 +533,7 @@ class ReleaseService:
         targets = self._targets(devices, tag_list, profile_list)
         rollout_plan = _rollout_plan(plan)
         telemetry_table(telemetry)  # checked before any bundle is built (the per-model tables are checked again)
+        metering_policy = metering_table(metering, parsed.name)
         tables: dict[str, dict[str, Any]] = {}
 
         def table_for(ref: str) -> dict[str, Any]:
@@ -542,7 +559,14 @@ class ReleaseService:
             raise StoreError(f"{out_dir}: cannot create the release directory: {exc.strerror or exc}") from exc
         try:
             plans = [
-                self._plan(d, explicit_ref=explicit_ref, candidates=candidates, out_dir=out_dir, telemetry=table_for)
+                self._plan(
+                    d,
+                    explicit_ref=explicit_ref,
+                    candidates=candidates,
+                    out_dir=out_dir,
+                    telemetry=table_for,
+                    metering=metering_policy,
+                )
                 for d in targets
             ]
             published = [p for p in plans if p.status == "published"]
@@ -627,6 +651,7 @@ class ReleaseService:
                 deployments[row.device_id] = _deployment(row)
         by_release: dict[str, list[Assignment]] = {i: [] for i in ids}
         shipped: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
+        metered: dict[str, dict[str, Any]] = {}
         for a in assignment_rows:
             by_release[a.release_id].append(
                 Assignment(
@@ -651,6 +676,9 @@ class ReleaseService:
             table = by_release[a.release_id][-1].telemetry
             if a.status == "published" and table is not None:
                 shipped[a.release_id].append(table)
+            metering = by_release[a.release_id][-1].metering
+            if metering is not None:  # one table for the whole release (create_release builds one)
+                metered[a.release_id] = metering
         rollouts = {
             row.release_id: {
                 "status": row.status,
@@ -681,6 +709,7 @@ class ReleaseService:
                     assignments=tuple(by_release[r.id]),
                     rollout=rollouts.get(r.id),
                     telemetry=common_table(shipped[r.id]),
+                    metering=metered.get(r.id),
                 )
             )
         return out

@@ -3,7 +3,10 @@ call into the serving statistics of the bundle it belongs to.
 
 It sits in the runtime's middleware chain (``mw(request, call_next)``) of the active bundle. A
 prediction that raises counts as a failure — except a :class:`~tinymlops.errors.UsageError`
-(wrong input shape or dtype), which is the caller's mistake, not the bundle's. After
+(wrong input shape or dtype), which is the caller's mistake, not the bundle's, and a
+:class:`~tinymlops.errors.MeteringRefusedError` (no license, quota used, license expired or
+revoked), which is the license's answer, not the bundle's: a device out of prepaid queries must not
+roll its bundle back. After
 ``threshold`` failures in a row it calls ``on_unhealthy(watch, reason)`` once and starts counting
 again; any success resets the count. The agent answers by rolling back to the other slot.
 
@@ -11,8 +14,8 @@ When ``stats`` (a :class:`~tinymlops.edge.agent.serving_stats.ServingStats`) is 
 sets it when the bundle becomes active and reporting is on — each call is also recorded there by
 the same rule: success (with its latency, timed with ``stats.timer`` from here to the end of the
 chain: the pipeline, the model and the middleware after this one), error, or rejected (a
-UsageError). A failing call is recorded *before* ``on_unhealthy`` runs, so the call that triggers a
-rollback is counted in the window of the bundle that failed it.
+UsageError or a metering refusal). A failing call is recorded *before* ``on_unhealthy`` runs, so
+the call that triggers a rollback is counted in the window of the bundle that failed it.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from collections.abc import Callable
 
 from tinymlops.edge.agent.serving_stats import ServingStats
 from tinymlops.edge.middleware import CallNext, Request, Response
-from tinymlops.errors import UsageError
+from tinymlops.errors import MeteringRefusedError, UsageError
 
 
 class HealthWatch:
@@ -47,7 +50,7 @@ class HealthWatch:
         t0 = stats.timer() if stats is not None else 0.0
         try:
             response = call_next(request)
-        except UsageError:
+        except (UsageError, MeteringRefusedError):
             if stats is not None:
                 stats.record_rejected()
             raise

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from tinymlops.devices.enrolment import MAX_TAGS, TAG
 from tinymlops.release.rollout import STATUSES
@@ -107,6 +107,17 @@ class TelemetryIn(BaseModel):
     privacy: TelemetryPrivacyIn | None = Field(None, description="Local differential privacy on the histograms.")
 
 
+class MeteringIn(BaseModel):
+    """Make the release's bundles metered (tinymlops.release.metering): devices serve them only under a
+    prepaid license for the release's model (``tinymlops license issue``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    block: StrictInt = Field(
+        64, ge=1, le=1 << 20, description="Calls per durable reservation on the device (a crash loses at most one)."
+    )
+
+
 class ReleaseCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -134,6 +145,9 @@ class ReleaseCreate(BaseModel):
         None,
         description="The bundles' telemetry policy; null: the default (on, inputs profiled with the reference "
         "profile's settings, exact histograms).",
+    )
+    metering: MeteringIn | None = Field(
+        None, description="Meter the bundles (pay per query, enforced offline by the device); null: free."
     )
 
 
@@ -276,6 +290,9 @@ class ReleaseSummaryOut(BaseModel):
     telemetry: dict[str, Any] | None = Field(
         None, description="The telemetry policy table its bundles carry (null: none recorded)."
     )
+    metering: dict[str, Any] | None = Field(
+        None, description="The metering policy table its bundles carry (null: not metered)."
+    )
 
     @classmethod
     def of(cls, r: ReleaseRecord) -> ReleaseSummaryOut:
@@ -302,6 +319,7 @@ def create_release(body: ReleaseCreate, services: ServicesDep, key: ReleaseKey) 
         created_by=f"api-key:{key.id}",
         plan=None if body.plan is None else body.plan.model_dump(),
         telemetry=None if body.telemetry is None else body.telemetry.model_dump(exclude_none=True),
+        metering=None if body.metering is None else body.metering.model_dump(),
     )
     return ReleaseOut.of(record)
 
