@@ -7,6 +7,7 @@ from alembic import context
 # the tables of other packages join the one metadata (and so the one migration history)
 import tinymlops.access.schema
 import tinymlops.devices.schema
+import tinymlops.metering.schema
 import tinymlops.observe.schema
 import tinymlops.release.schema  # noqa: F401
 from tinymlops.registry.schema import Base
