@@ -18,6 +18,7 @@ from tinymlops.cli import (
     fleet,
     init,
     keys,
+    license,
     model,
     recipe,
     release,
@@ -54,6 +55,7 @@ app.add_typer(release.app, name="release")
 app.add_typer(agent.app, name="agent")
 app.add_typer(fleet.app, name="fleet")
 app.add_typer(drift.app, name="drift")
+app.add_typer(license.app, name="license")
 
 
 def main() -> None:

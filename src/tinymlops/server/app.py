@@ -14,14 +14,17 @@ from fastapi import Depends, FastAPI
 
 from tinymlops import __version__
 from tinymlops.access.service import ApiKeyService
+from tinymlops.bundle.workspace_keys import release_key
 from tinymlops.devices.enrolment import EnrolmentService
 from tinymlops.devices.service import DeviceService
+from tinymlops.metering.licensing import LicenseService
 from tinymlops.release.service import ReleaseService
 from tinymlops.server.body_limit import BodyLimitMiddleware
 from tinymlops.server.deps import Services, reject_unknown_query
 from tinymlops.server.error_responses import install_error_handlers
 from tinymlops.server.routers import admin, dashboard, devices, fleet, health, models, releases, updates
 from tinymlops.server.routers.drift import router as drift_router
+from tinymlops.server.routers.licenses import router as licenses_router
 from tinymlops.server.routers.telemetry import router as telemetry_router
 from tinymlops.server.settings import ServerSettings
 from tinymlops.workspace import Workspace
@@ -37,7 +40,8 @@ def create_app(
     app = FastAPI(
         title="tinymlops control plane",
         version=__version__,
-        description="Models, devices, releases, the update repository and admin access of one tinymlops workspace.",
+        description="Models, devices, releases, the update repository, licenses and admin access of one tinymlops "
+        "workspace.",
         openapi_url="/openapi.json",
         docs_url="/docs",
         redoc_url=None,
@@ -54,6 +58,10 @@ def create_app(
         ),
         api_keys=ApiKeyService(workspace.engine, clock=clock),
         releases=ReleaseService(workspace, clock=lambda: datetime.fromtimestamp(clock(), UTC)),
+        # licenses are signed with the release key: devices already trust it (TUF bootstrap), and
+        # license signatures are domain-separated from manifest signatures
+        licenses=LicenseService(workspace.engine, release_key(workspace), clock=clock),
+        clock=clock,
     )
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
@@ -66,6 +74,7 @@ def create_app(
     app.include_router(fleet.router, prefix=API_PREFIX)
     app.include_router(telemetry_router, prefix=API_PREFIX)
     app.include_router(drift_router, prefix=API_PREFIX)
+    app.include_router(licenses_router, prefix=API_PREFIX)
     app.include_router(dashboard.router)
     return app
 

@@ -12,8 +12,9 @@ server's top costs.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request, Security
@@ -29,6 +30,7 @@ from tinymlops.devices.records import DeviceRecord
 from tinymlops.devices.request_auth import HEADER_SIGNATURE, ReceivedRequest
 from tinymlops.devices.service import DeviceService
 from tinymlops.errors import AccessDeniedError, AuthenticationError
+from tinymlops.metering.licensing import LicenseService
 from tinymlops.release.service import ReleaseService
 from tinymlops.server.settings import ServerSettings
 from tinymlops.workspace import Workspace
@@ -46,6 +48,9 @@ class Services:
     enrolment: EnrolmentService
     api_keys: ApiKeyService
     releases: ReleaseService
+    licenses: LicenseService
+    #: the app's clock (seconds since the epoch): what "now" means to the routes
+    clock: Callable[[], float] = field(default=time.time)
 
 
 def _query_names(dependant: Any) -> set[str]:

@@ -23,6 +23,7 @@ NAV = (
     ("Latency", "/latency"),
     ("Telemetry", "/telemetry"),
     ("Drift", "/drift"),
+    ("Licenses", "/licenses"),
 )
 
 

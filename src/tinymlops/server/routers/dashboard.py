@@ -1,7 +1,8 @@
 """The web dashboard (HTML): log in with an API key of scope ``read`` or higher, then the fleet
 overview, each model's lineage, the releases and their rollouts, latency per device class, the
-fleet's telemetry per device class (``/dashboard/telemetry``) and each model's drift
-(``/dashboard/drift``, ``/dashboard/models/{name}/drift``).
+fleet's telemetry per device class (``/dashboard/telemetry``), each model's drift
+(``/dashboard/drift``, ``/dashboard/models/{name}/drift``) and the prepaid licenses with what
+reconciliation of the usage reports flagged (``/dashboard/licenses``, ``/dashboard/licenses/{id}``).
 Read-only pages need a login; nothing is writable without the ``admin`` scope.
 
 The session cookie is opaque (:mod:`tinymlops.server.dashboard.sessions`), HttpOnly and
@@ -10,12 +11,13 @@ with). Pages are sent with a Content-Security-Policy that allows no scripts at a
 escaping every value (:mod:`tinymlops.server.dashboard.pages`).
 
 The only writes besides the session are the rollout actions on a release page
-(``POST /dashboard/releases/{id}/rollout/{promote|pause|resume|rollback}``): the session's key must
-have scope ``admin`` (else 403) and the form must carry the session's CSRF token (else 403, nothing
-changes); the action is recorded with actor ``dashboard:api-key:<key id>``, then the browser is
-redirected back to the release (POST/redirect/GET). An action the rollout's state does not allow
-shows the state machine's message on the release page (409). The login form carries a login token
-too (:mod:`tinymlops.server.dashboard.forms`).
+(``POST /dashboard/releases/{id}/rollout/{promote|pause|resume|rollback}``) and the license actions
+(``POST /dashboard/licenses/{id}/{top-up|revoke}``): the session's key must have scope ``admin``
+(else 403) and the form must carry the session's CSRF token (else 403, nothing changes); a rollout
+action is recorded with actor ``dashboard:api-key:<key id>``; then the browser is redirected back to
+the release or to the license (POST/redirect/GET; a top-up to the new license). An action the
+state does not allow shows the service's message on the page (409); a bad field (400) too. The login
+form carries a login token too (:mod:`tinymlops.server.dashboard.forms`).
 """
 
 from __future__ import annotations
@@ -30,11 +32,29 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from tinymlops.access.scopes import Scope
-from tinymlops.errors import AccessDeniedError, AuthenticationError, ConflictError, InvalidInputError, NotFoundError
+from tinymlops.errors import (
+    AccessDeniedError,
+    AuthenticationError,
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    UsageError,
+)
 from tinymlops.registry.refs import NAME
-from tinymlops.server.dashboard import forms, pages, pages_drift, pages_release, views, views_drift, views_release
+from tinymlops.server.dashboard import (
+    forms,
+    pages,
+    pages_drift,
+    pages_licenses,
+    pages_release,
+    views,
+    views_drift,
+    views_licenses,
+    views_release,
+)
 from tinymlops.server.dashboard.sessions import COOKIE_NAME, DashboardSession, SessionStore
 from tinymlops.server.deps import Services, ServicesDep
+from tinymlops.spec.license import MAX_QUERIES, MAX_REASON_CHARS
 
 router = APIRouter(prefix=pages.BASE, include_in_schema=False)
 
@@ -52,6 +72,9 @@ SECURITY_HEADERS = {
 }
 ModelName = Annotated[str, Path(pattern=NAME.pattern)]
 RELEASE_ID = re.compile(r"^[0-9a-f]{16}$")
+LICENSE_ID = re.compile(r"^[0-9a-f]{32}$")
+#: a whole number as a form field holds it (ASCII digits only: ``str.isdigit`` admits '²')
+WHOLE = re.compile(r"^[0-9]{1,15}$")
 
 
 def _store(request: Request) -> SessionStore:
@@ -315,6 +338,105 @@ def _rollout_action(
     except ConflictError as exc:  # RolloutTransitionError: not allowed in this state; or a lost race
         return _release_page(services, session, release_id, error=str(exc), status=409)
     return _redirect(pages.release_href(release_id))
+
+
+# --- licenses: the list, one license, and its two writes (admin, CSRF token) -----------------------
+@router.get("/licenses", response_class=HTMLResponse)
+def licenses(
+    request: Request, services: ServicesDep, show: Annotated[str | None, Query(max_length=16)] = None
+) -> Response:
+    session = _session(request, services)
+    if session is None:
+        return _to_login()
+    who = _who(session)
+    if show is not None and show not in views_licenses.SHOW:
+        message = f"show must be one of {', '.join(views_licenses.SHOW)}, got {show!r}"
+        return _html(pages.error_page(400, message, who), 400)
+    view = views_licenses.licenses_view(services.licenses, show=show or "latest")
+    return _html(pages_licenses.licenses_page(view, who))
+
+
+def _license_page(
+    services: Services, session: DashboardSession, license_id: str, *, error: str | None = None, status: int = 200
+) -> Response:
+    if not LICENSE_ID.match(license_id):
+        return _html(pages.error_page(404, "a license id is 32 lower-case hex digits", _who(session)), 404)
+    try:
+        detail = views_licenses.license_detail(services.licenses, license_id)
+    except NotFoundError as exc:
+        return _html(pages.error_page(404, str(exc), _who(session)), 404)
+    csrf = session.csrf if _is_admin(session) else None
+    return _html(pages_licenses.license_page(detail, _who(session), csrf=csrf, error=error), status)
+
+
+@router.get("/licenses/{license_id}", response_class=HTMLResponse)
+def license_detail(license_id: str, request: Request, services: ServicesDep) -> Response:
+    session = _session(request, services)
+    if session is None:
+        return _to_login()
+    return _license_page(services, session, license_id)
+
+
+@router.post("/licenses/{license_id}/{action}", response_class=HTMLResponse)
+async def license_action(license_id: str, action: str, request: Request) -> Response:
+    services: Services = request.app.state.services
+    fields = await forms.read_form(request, max_bytes=MAX_ACTION_BODY, max_fields=8)
+    return await run_in_threadpool(_license_action, services, request, license_id, action, fields)
+
+
+def _top_up_terms(fields: dict[str, list[str]], now: float) -> tuple[int, int | None] | str:
+    """(queries, valid_until or None) from the top-up form, or what is wrong with it."""
+    raw = (forms.field(fields, "queries") or "").strip()
+    if not WHOLE.match(raw) or not 1 <= int(raw) <= MAX_QUERIES:
+        return f"queries must be a whole number from 1 to {MAX_QUERIES}, got {raw[:40]!r}"
+    days = (forms.field(fields, "days") or "").strip()
+    if not days:
+        return int(raw), None
+    if not WHOLE.match(days) or not 1 <= int(days) <= pages_licenses.MAX_DAYS:
+        return f"days must be a whole number from 1 to {pages_licenses.MAX_DAYS} (or empty), got {days[:40]!r}"
+    return int(raw), int(now) + int(days) * 86_400
+
+
+def _license_action(
+    services: Services,
+    request: Request,
+    license_id: str,
+    action: str,
+    fields: dict[str, list[str]] | forms.FormRefusal,
+) -> Response:
+    session = _session(request, services)
+    if session is None:
+        return _to_login()
+    who = _who(session)
+    if not _is_admin(session):
+        return _html(pages.error_page(403, f"acting on a license needs an API key with scope 'admin'; {who}", who), 403)
+    if action not in ("top-up", "revoke") or not LICENSE_ID.match(license_id):
+        return _html(pages.error_page(404, f"no such license action: {action[:40]!r}", who), 404)
+    if isinstance(fields, forms.FormRefusal):
+        return _html(pages.error_page(fields.status, fields.message, who), fields.status)
+    if not forms.same_token(session.csrf, forms.field(fields, "csrf")):
+        message = "the form's CSRF token is missing or wrong (reload the license page and try again); nothing changed"
+        return _html(pages.error_page(403, message, who), 403)
+    try:
+        if action == "revoke":
+            reason = (forms.field(fields, "reason") or "").strip()
+            if not reason or len(reason) > MAX_REASON_CHARS:
+                message = f"give a reason of 1 to {MAX_REASON_CHARS} characters"
+                return _license_page(services, session, license_id, error=message, status=400)
+            services.licenses.revoke(license_id, reason=reason)
+            return _redirect(pages_licenses.license_href(license_id))
+        terms = _top_up_terms(fields, services.clock())
+        if isinstance(terms, str):
+            return _license_page(services, session, license_id, error=terms, status=400)
+        queries, until = terms
+        topped = services.licenses.top_up(license_id, queries=queries, valid_until=until)
+    except NotFoundError as exc:
+        return _html(pages.error_page(404, str(exc), who), 404)
+    except ConflictError as exc:  # not the chain's latest, a race, a device no longer active
+        return _license_page(services, session, license_id, error=str(exc), status=409)
+    except UsageError as exc:  # e.g. an end the service refuses
+        return _license_page(services, session, license_id, error=str(exc), status=400)
+    return _redirect(pages_licenses.license_href(topped.license_id))
 
 
 _CSS = files("tinymlops.server.dashboard").joinpath("static/dashboard.css")
