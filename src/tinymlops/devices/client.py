@@ -7,14 +7,17 @@
     state = client.enrol(token, "rpi-4")      # once; state.save(data_dir) to remember it
     client.get_json("/v1/devices/me")          # every request signed (see request_auth)
     client.get_json("/v1/devices/me", auth="bearer")  # or with a short-lived bearer token
+    client.licenses()                          # this device's prepaid licenses, revocations, chain positions
+    client.send_usage(meter.usage_report(n))   # a signed usage report (201 answer, or the refusal raised)
 
 Every request is signed over method, target, body hash, timestamp and a fresh nonce
 (:mod:`tinymlops.devices.request_auth`). ``auth="bearer"`` first obtains a short-lived token with
 one signed request and reuses it until shortly before it expires (or the server refuses it once).
 Redirects are never followed (the signature covers the path, and credentials must not travel to
 another host); responses larger than ``max_response_bytes`` are refused. A refusal by the server
-raises :class:`ServerRequestError` carrying the HTTP status and the server's error type; a
-network failure raises :class:`ServerUnreachableError`.
+raises :class:`ServerRequestError` carrying the HTTP status and the server's error type (for the
+metering calls, the error body's other fields too: a ``409`` to a usage report carries ``next_seq``);
+a network failure raises :class:`ServerUnreachableError`.
 
 Edge-safe: the standard library's ``urllib.request`` and ``cryptography`` only.
 """
@@ -27,17 +30,24 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import quote, urlsplit
 
 from tinymlops.crypto.keys import DeviceKeys
 from tinymlops.devices.identity import EnrolmentState, enrolment_body
 from tinymlops.devices.request_auth import sign_request
 from tinymlops.errors import InvalidInputError, ServerRequestError, ServerUnreachableError, UsageError
 
+if TYPE_CHECKING:
+    from tinymlops.metering.license_signing import SignedUsageReport
+
 ENROL_PATH = "/v1/devices/enrol"
 ME_PATH = "/v1/devices/me"
 TOKEN_PATH = "/v1/devices/me/token"
+LICENSES_PATH = "/v1/devices/me/licenses"
+USAGE_PATH = "/v1/devices/me/usage"
+#: the header carrying the device key's signature over a usage report's exact bytes (hex)
+REPORT_SIGNATURE_HEADER = "X-Tinymlops-Report-Signature"
 DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 #: a bearer token is renewed this long before the server says it expires
 TOKEN_RENEW_MARGIN_S = 30.0
@@ -183,6 +193,44 @@ class DeviceClient:
         doc: dict[str, Any] = self.get_json(ME_PATH)
         return doc
 
+    # --- metering ---------------------------------------------------------------------------
+    def licenses(self, model: str | None = None) -> dict[str, Any]:
+        """``GET /v1/devices/me/licenses`` (``?model=`` when given): this device's licenses in chain
+        order, their revocations and the server's position in each chain, as the server sent them
+        (``{"device_id", "licenses", "revocations", "chains"}``; each document is verified by whoever
+        installs it). A refusal raises :class:`ServerRequestError` with the error body's details."""
+        path = LICENSES_PATH if model is None else f"{LICENSES_PATH}?model={quote(model, safe='')}"
+        doc = self._metering_call("GET", path).json()
+        if not isinstance(doc, dict):
+            raise InvalidInputError(f"server answered GET {path} with {type(doc).__name__}, not an object")
+        if doc.get("device_id") != self.device_id:
+            raise InvalidInputError(
+                f"server answered GET {path} with the licenses of device {str(doc.get('device_id'))[:40]!r}, "
+                f"not this device ({self.device_id})"
+            )
+        return doc
+
+    def send_usage(self, signed: SignedUsageReport) -> dict[str, Any]:
+        """``POST /v1/devices/me/usage``: the report's exact bytes, the device key's signature in
+        :data:`REPORT_SIGNATURE_HEADER`. Returns the server's 201 answer (``report_id``, ``digest``,
+        ``next_seq``, ``flags``, ``revoked`` …). A refusal raises :class:`ServerRequestError`
+        whose ``details`` carry the error body's fields: a ``DuplicateReportError`` 409 its ``digest``
+        and ``next_seq`` (already counted), a ``ReportGapError`` 409 ``first_seq`` and ``next_seq``
+        (resend from there)."""
+        headers = {"Content-Type": "application/json", REPORT_SIGNATURE_HEADER: bytes(signed.signature).hex()}
+        doc = self._metering_call("POST", USAGE_PATH, body=bytes(signed.data), headers=headers).json()
+        if not isinstance(doc, dict):
+            raise InvalidInputError(f"server answered POST {USAGE_PATH} with {type(doc).__name__}, not an object")
+        return doc
+
+    def _metering_call(
+        self, method: str, path: str, *, body: bytes | None = None, headers: Mapping[str, str] | None = None
+    ) -> Response:
+        response = self.request(method, path, body=body, headers=headers, check=False)
+        if response.status >= 300:
+            raise _refusal(method, path, response, details=True)
+        return response
+
     def bearer_token(self, *, renew: bool = False) -> str:
         """A short-lived bearer token for this device, obtained with one signed request and cached."""
         now = self._clock()
@@ -206,13 +254,38 @@ def error_fields(body: bytes) -> tuple[str, str] | None:
     return (str(err.get("type", "")), str(err.get("message", ""))) if isinstance(err, dict) else None
 
 
-def _refusal(method: str, path: str, response: Response) -> ServerRequestError:
+def error_details(body: bytes) -> dict[str, Any]:
+    """The fields of the control plane's error body other than ``type`` and ``message`` (a 409's
+    ``next_seq``, ``digest`` …); empty when ``body`` is not an error body."""
+    try:
+        doc = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return {}
+    err = doc.get("error") if isinstance(doc, dict) else None
+    if not isinstance(err, dict):
+        return {}
+    return {str(k): v for k, v in err.items() if k not in ("type", "message", "status", "error_type")}
+
+
+def _refusal(method: str, path: str, response: Response, *, details: bool = False) -> ServerRequestError:
     error_type, message = error_fields(response.body) or ("", response.body[:200].decode("utf-8", "replace"))
     return ServerRequestError(
         f"server refused {method} {path}: {response.status} {error_type}: {message}".replace(" : ", ": "),
         status=response.status,
         error_type=error_type,
+        **(error_details(response.body) if details else {}),
     )
 
 
-__all__ = ["ENROL_PATH", "ME_PATH", "TOKEN_PATH", "DeviceClient", "Response", "error_fields"]
+__all__ = [
+    "ENROL_PATH",
+    "LICENSES_PATH",
+    "ME_PATH",
+    "REPORT_SIGNATURE_HEADER",
+    "TOKEN_PATH",
+    "USAGE_PATH",
+    "DeviceClient",
+    "Response",
+    "error_details",
+    "error_fields",
+]

@@ -24,13 +24,24 @@ Semantics:
   block are counted in memory only. After a crash, :meth:`replay` rebuilds the state from the
   entries with no open block: the calls left in it are lost, never regained. So the usable count
   can only go down across a crash, and by at most one block.
+* **Revocations** — :meth:`propose_revoke` takes the issuer's revocation, already verified by its
+  signature (:func:`~tinymlops.metering.license_signing.verify_revocation`); it must name the
+  license in force, this device and model, and a license not revoked yet. Its ``revoke`` entry
+  commits to the revocation's digest and counts the queries it forfeits: everything licensed and
+  not yet reserved (``licensed - reserved - forfeited``; the open block is dropped too — its calls
+  were reserved already). The chain is then frozen: every metered call is refused with
+  :class:`~tinymlops.errors.LicenseRevokedError` until a top-up *of the revoked license*
+  (``previous_license_id`` = its id) is installed, which reinstates the chain with the top-up's
+  queries. A revocation never waits for the clock: its entry is dated no earlier than the last one.
 * **Refusals** — beyond the chain's queries :class:`~tinymlops.errors.QuotaExceededError`;
   before ``valid_from`` / at or after ``valid_until`` :class:`~tinymlops.errors.LicenseExpiredError`;
   a clock earlier than the last entry's time (set back) is refused the same way with
-  ``reason="clock-set-back"``.
+  ``reason="clock-set-back"``; a revoked chain :class:`~tinymlops.errors.LicenseRevokedError`.
 * :func:`verify_chain` checks a whole chain: broken link, bad hash, sequence gap or reorder,
-  reservations beyond the licensed total, time going backwards, a license installed twice — each a
-  :class:`~tinymlops.errors.LedgerTamperedError` naming the reason and seq.
+  reservations beyond the licensed total (forfeits count with them, so the counts still add up),
+  time going backwards, a license installed twice, a revocation that is not of the license in
+  force or does not forfeit exactly what was left, a reservation under a revoked license before a
+  top-up — each a :class:`~tinymlops.errors.LedgerTamperedError` naming the reason and seq.
 """
 
 from __future__ import annotations
@@ -43,17 +54,22 @@ from tinymlops.errors import (
     LedgerTamperedError,
     LicenseError,
     LicenseExpiredError,
+    LicenseRevokedError,
     QuotaExceededError,
     UsageError,
 )
-from tinymlops.spec.license import License
+from tinymlops.spec.license import License, Revocation
 from tinymlops.spec.usage_report import GENESIS_HASH, LedgerEntry
 
 
 def verify_chain(entries: Sequence[LedgerEntry]) -> str:
-    """Check a whole chain from seq 0 and return its head hash (:data:`GENESIS_HASH` if empty)."""
+    """Check a whole chain from seq 0 and return its head hash (:data:`GENESIS_HASH` if empty).
+
+    ``reserved`` below counts reservations and forfeits (``revoke`` entries) together: neither may
+    go beyond what was licensed, and a revocation forfeits exactly what was left."""
     head, licensed, reserved, last_at, current = GENESIS_HASH, 0, 0, 0, None
     installed: set[str] = set()
+    frozen = False  # the license in force is revoked (until a top-up)
     for i, entry in enumerate(entries):
         if entry.seq != i:
             raise LedgerTamperedError(
@@ -83,22 +99,44 @@ def verify_chain(entries: Sequence[LedgerEntry]) -> str:
             installed.add(entry.license_id)
             licensed += entry.count
             current = entry.license_id
-        else:
-            if entry.license_id != current:
+            frozen = False
+            head, last_at = entry.hash, entry.at
+            continue
+        what = "revocation" if entry.kind == "revoke" else "reservation"
+        if entry.license_id != current:
+            raise LedgerTamperedError(
+                f"ledger: {what} seq {entry.seq} names license {entry.license_id}, not the one in force ({current})",
+                reason="wrong-license",
+                seq=entry.seq,
+            )
+        if entry.kind == "revoke":
+            if frozen:
                 raise LedgerTamperedError(
-                    f"ledger: reservation seq {entry.seq} names license {entry.license_id}, "
-                    f"not the one in force ({current})",
-                    reason="wrong-license",
+                    f"ledger: entry seq {entry.seq} revokes license {entry.license_id} a second time",
+                    reason="duplicate-revoke",
                     seq=entry.seq,
                 )
-            reserved += entry.count
-            if reserved > licensed:
+            if entry.count != licensed - reserved:
                 raise LedgerTamperedError(
-                    f"ledger: reservations up to seq {entry.seq} add up to {reserved}, "
-                    f"more than the {licensed} licensed",
+                    f"ledger: revocation seq {entry.seq} forfeits {entry.count} queries, "
+                    f"but {licensed - reserved} were left",
                     reason="counts",
                     seq=entry.seq,
                 )
+            frozen = True
+        elif frozen:
+            raise LedgerTamperedError(
+                f"ledger: reservation seq {entry.seq} under license {entry.license_id} after its revocation",
+                reason="revoked",
+                seq=entry.seq,
+            )
+        reserved += entry.count
+        if reserved > licensed:
+            raise LedgerTamperedError(
+                f"ledger: reservations up to seq {entry.seq} add up to {reserved}, more than the {licensed} licensed",
+                reason="counts",
+                seq=entry.seq,
+            )
         head, last_at = entry.hash, entry.at
     return head
 
@@ -118,10 +156,16 @@ class Ledger:
         self.licensed = 0
         #: queries reserved by every block written
         self.reserved = 0
+        #: queries forfeited by revocations (the ``revoke`` entries' counts)
+        self.forfeited = 0
         #: calls of the open block not yet served (memory only: lost on a crash)
         self.block_remaining = 0
         self.current: License | None = None
         self.licenses: dict[str, License] = {}
+        #: the revocation of the license in force, while the chain is frozen (None: not revoked)
+        self.revoked: Revocation | None = None
+        #: every revocation applied, by the license id it revokes
+        self.revocations: dict[str, Revocation] = {}
         self._not_before = math.inf  # no license: every call is refused by the quota first
         self._not_after = -math.inf
 
@@ -129,7 +173,7 @@ class Ledger:
     @property
     def remaining(self) -> int:
         """Calls this device may still serve (the open block's included)."""
-        return self.licensed - self.reserved + self.block_remaining
+        return self.licensed - self.reserved - self.forfeited + self.block_remaining
 
     # --- licenses ------------------------------------------------------------------------------
     def propose_license(self, license: License, now: float) -> LedgerEntry:
@@ -178,6 +222,49 @@ class Ledger:
                 "broken-chain",
             )
 
+    # --- revocations ------------------------------------------------------------------------------
+    def propose_revoke(self, revocation: Revocation, now: float) -> LedgerEntry:
+        """The entry that writes ``revocation`` (verified by its signature already) into the chain, or
+        a :class:`LicenseError`. It forfeits every query licensed and not reserved yet; it is dated
+        ``now``, or the last entry's time when the clock reads earlier (a revocation never waits)."""
+        self._check_revocation(revocation)
+        return LedgerEntry(
+            seq=self.next_seq,
+            prev_hash=self.head,
+            kind="revoke",
+            license_id=revocation.license_id,
+            count=self.licensed - self.reserved - self.forfeited,
+            at=max(int(now), self.last_at),
+            ref=revocation.digest,
+            nonce=self._nonce(),
+        )
+
+    def _check_revocation(self, revocation: Revocation, *, seq: int | None = None) -> None:
+        """A revocation must be for this device and model and name the license in force, not revoked
+        yet. Refused as :meth:`_check_license` refuses (LicenseError, or LedgerTamperedError with ``seq``)."""
+
+        def refuse(message: str, reason: str) -> None:
+            if seq is None:
+                raise LicenseError(message, reason=reason, license_id=revocation.license_id)
+            raise LedgerTamperedError(f"ledger: entry seq {seq}: {message}", reason=reason, seq=seq)
+
+        lid = revocation.license_id
+        if revocation.device_id != self.device_id:
+            refuse(
+                f"revocation of license {lid} is for device {revocation.device_id}, this device is {self.device_id}",
+                "other-device",
+            )
+        if revocation.model != self.model:
+            refuse(
+                f"revocation of license {lid} is for model '{revocation.model}', this ledger meters '{self.model}'",
+                "other-model",
+            )
+        if lid in self.revocations:
+            refuse(f"license {lid} is revoked already", "duplicate")
+        current = self.current.license_id if self.current else None
+        if lid != current:
+            refuse(f"revocation of license {lid}, but the license in force is {current or 'none'}", "not-in-force")
+
     # --- reservations and calls ------------------------------------------------------------------
     def propose_reserve(self, n: int, now: float) -> LedgerEntry:
         """The entry reserving a block of up to ``n`` calls (fewer when fewer are left), or a refusal."""
@@ -193,8 +280,10 @@ class Ledger:
                 limit=0,
                 license_id=None,
             )
+        if self.revoked is not None:
+            raise self._revoked_error()
         self._check_clock(now, self.current)
-        available = self.licensed - self.reserved
+        available = self.licensed - self.reserved - self.forfeited
         if available <= 0:
             raise QuotaExceededError(
                 f"all {self.licensed} prepaid queries of license {self.current.license_id} are used; "
@@ -214,10 +303,24 @@ class Ledger:
             nonce=self._nonce(),
         )
 
-    def apply(self, entry: LedgerEntry, license: License | None = None, *, live: bool = True) -> None:
-        """Put an entry in force (after it is durable). ``license`` is the verified license a
-        ``license`` entry installs: it must be the one the entry commits to and meet the same rules as
-        :meth:`propose_license` (else LedgerTamperedError: a stored chain that breaks them was forged).
+    def _revoked_error(self) -> LicenseRevokedError:
+        revoked = self.revoked
+        assert revoked is not None
+        return LicenseRevokedError(
+            f"license {revoked.license_id} was revoked by its issuer at {revoked.revoked_at} "
+            f"({revoked.reason or 'no reason given'}): metered predictions are refused until a top-up is installed",
+            reason="revoked",
+            remaining=0,
+            limit=self.licensed,
+            license_id=revoked.license_id,
+            revoked_at=revoked.revoked_at,
+        )
+
+    def apply(self, entry: LedgerEntry, document: License | Revocation | None = None, *, live: bool = True) -> None:
+        """Put an entry in force (after it is durable). ``document`` is the verified license a
+        ``license`` entry installs, or the verified revocation a ``revoke`` entry writes: it must be
+        the one the entry commits to and meet the same rules as :meth:`propose_license` /
+        :meth:`propose_revoke` (else LedgerTamperedError: a stored chain that breaks them was forged).
         ``live=False`` (replaying a stored chain) opens no block."""
         if entry.seq != self.next_seq or entry.prev_hash != self.head:
             raise LedgerTamperedError(
@@ -232,6 +335,7 @@ class Ledger:
                 seq=entry.seq,
             )
         if entry.kind == "license":
+            license = document if isinstance(document, License) else None
             if license is None or license.license_id != entry.license_id or license.digest != entry.ref:
                 raise LedgerTamperedError(
                     f"ledger: entry seq {entry.seq} installs license {entry.license_id}, whose signed bytes are "
@@ -251,6 +355,28 @@ class Ledger:
             self.licensed += entry.count
             self._not_before = max(license.valid_from, self.last_at, entry.at)
             self._not_after = license.valid_until
+            self.revoked = None  # a top-up of the revoked license reinstates the chain
+        elif entry.kind == "revoke":
+            revocation = document if isinstance(document, Revocation) else None
+            if revocation is None or revocation.license_id != entry.license_id or revocation.digest != entry.ref:
+                raise LedgerTamperedError(
+                    f"ledger: entry seq {entry.seq} revokes license {entry.license_id}, whose signed revocation is "
+                    "missing or differs",
+                    reason="revocation-mismatch",
+                    seq=entry.seq,
+                )
+            self._check_revocation(revocation, seq=entry.seq)
+            left = self.licensed - self.reserved - self.forfeited
+            if entry.count != left:
+                raise LedgerTamperedError(
+                    f"ledger: revocation seq {entry.seq} forfeits {entry.count} queries, but {left} were left",
+                    reason="counts",
+                    seq=entry.seq,
+                )
+            self.revocations[revocation.license_id] = revocation
+            self.revoked = revocation
+            self.forfeited += entry.count
+            self.block_remaining = 0  # the open block's calls were reserved: dropped with the rest
         else:
             if self.current is None or entry.license_id != self.current.license_id:
                 raise LedgerTamperedError(
@@ -258,7 +384,13 @@ class Ledger:
                     reason="wrong-license",
                     seq=entry.seq,
                 )
-            if self.reserved + entry.count > self.licensed:
+            if self.revoked is not None:
+                raise LedgerTamperedError(
+                    f"ledger: reservation seq {entry.seq} under license {entry.license_id} after its revocation",
+                    reason="revoked",
+                    seq=entry.seq,
+                )
+            if self.reserved + self.forfeited + entry.count > self.licensed:
                 raise LedgerTamperedError(
                     f"ledger: reservation seq {entry.seq} goes beyond the {self.licensed} licensed queries",
                     reason="counts",
@@ -314,14 +446,26 @@ class Ledger:
     # --- rebuilding from storage ----------------------------------------------------------------
     @classmethod
     def replay(
-        cls, device_id: str, model: str, entries: Sequence[LedgerEntry], licenses: Mapping[str, License]
+        cls,
+        device_id: str,
+        model: str,
+        entries: Sequence[LedgerEntry],
+        licenses: Mapping[str, License],
+        revocations: Mapping[str, Revocation] | None = None,
     ) -> Ledger:
         """The state a stored chain leaves (no open block: calls left in a block at a crash are lost).
-        ``licenses`` are the verified licenses by id. Raises LedgerTamperedError on any inconsistency."""
+        ``licenses`` are the verified licenses by id, ``revocations`` the verified revocations by the
+        license id they revoke. Raises LedgerTamperedError on any inconsistency."""
         verify_chain(entries)
+        revocations = revocations or {}
         ledger = cls(device_id, model)
         for entry in entries:
-            ledger.apply(entry, licenses.get(entry.license_id) if entry.kind == "license" else None, live=False)
+            document: License | Revocation | None = None
+            if entry.kind == "license":
+                document = licenses.get(entry.license_id)
+            elif entry.kind == "revoke":
+                document = revocations.get(entry.license_id)
+            ledger.apply(entry, document, live=False)
         return ledger
 
 

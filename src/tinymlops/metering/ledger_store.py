@@ -2,12 +2,14 @@
 
 One SQLite file per metered model (WAL journal, ``synchronous=FULL``: a reservation is on disk
 before :meth:`LedgerStore.append` returns, so before the calls it allows run). Every write is one
-transaction holding the entry and, for a license entry, the signed license it installs.
+transaction holding the entry and, for a license entry, the signed license it installs — for a
+revoke entry, the issuer's signed revocation it writes.
 
 On :meth:`LedgerStore.open` every row is parsed strictly, its stored hash recomputed, every license
-signature verified again with the trusted issuer keys, and the whole chain replayed through the
-pure :class:`~tinymlops.metering.ledger.Ledger`. Any failure — an edited row, a deleted or
-reordered row, counts that do not add up, a license whose bytes changed — raises
+and revocation signature verified again with the trusted issuer keys, and the whole chain replayed
+through the pure :class:`~tinymlops.metering.ledger.Ledger`. Any failure — an edited row, a deleted
+or reordered row, counts that do not add up, a license or revocation whose bytes changed or whose
+row is gone — raises
 :class:`~tinymlops.errors.LedgerTamperedError`: the store does not open, metered predictions stay
 refused, and the device must be re-licensed (it never fails open).
 
@@ -51,10 +53,12 @@ from tinymlops.errors import (
     LedgerTamperedError,
     SpecError,
     StoreError,
+    UsageError,
 )
 from tinymlops.metering.ledger import Ledger
-from tinymlops.metering.license_signing import SignedLicense, verify_license
+from tinymlops.metering.license_signing import SignedLicense, SignedRevocation, verify_license, verify_revocation
 from tinymlops.spec._parse import HEX64
+from tinymlops.spec.license import License, Revocation
 from tinymlops.spec.usage_report import GENESIS_HASH, LedgerEntry
 
 COUNTER_SUFFIX = ".counter"
@@ -63,6 +67,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS entries (seq INTEGER PRIMARY KEY, body BLOB NOT NULL, hash TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS licenses (license_id TEXT PRIMARY KEY, data BLOB NOT NULL, signature BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS revocations (license_id TEXT PRIMARY KEY, data BLOB NOT NULL, signature BLOB NOT NULL);
 """
 
 
@@ -183,6 +188,7 @@ class LedgerStore:
                 meta = {"device_id": device_id, "model": model}
             rows = conn.execute("SELECT seq, body, hash FROM entries ORDER BY seq").fetchall()
             lic_rows = conn.execute("SELECT license_id, data, signature FROM licenses").fetchall()
+            rev_rows = conn.execute("SELECT license_id, data, signature FROM revocations").fetchall()
         except sqlite3.Error as exc:
             raise LedgerTamperedError(f"usage ledger {path} is unreadable: {exc}", reason="unreadable") from None
         if meta.get("device_id") != device_id or meta.get("model") != model:
@@ -204,7 +210,7 @@ class LedgerStore:
                     seq=seq,
                 )
             entries.append(entry)
-        licenses = {}
+        licenses: dict[str, License] = {}
         for license_id, data, signature in lic_rows:
             try:
                 lic = verify_license(SignedLicense(bytes(data), bytes(signature)), trusted)
@@ -218,7 +224,22 @@ class LedgerStore:
                     f"usage ledger {path}: license row {license_id} holds another license", reason="license-mismatch"
                 )
             licenses[license_id] = lic
-        return Ledger.replay(device_id, model, entries, licenses), entries
+        revocations: dict[str, Revocation] = {}
+        for license_id, data, signature in rev_rows:
+            try:
+                rev = verify_revocation(SignedRevocation(bytes(data), bytes(signature)), trusted)
+            except InvalidInputError as exc:
+                raise LedgerTamperedError(
+                    f"usage ledger {path}: stored revocation of license {license_id} does not verify: {exc.message}",
+                    reason="revocation-signature",
+                ) from None
+            if rev.license_id != license_id:
+                raise LedgerTamperedError(
+                    f"usage ledger {path}: revocation row {license_id} holds the revocation of another license",
+                    reason="revocation-mismatch",
+                )
+            revocations[license_id] = rev
+        return Ledger.replay(device_id, model, entries, licenses, revocations), entries
 
     @staticmethod
     def _check_counter(counter: MonotonicCounter, entries: list[LedgerEntry], ledger: Ledger, path: Path) -> None:
@@ -249,19 +270,28 @@ class LedgerStore:
             counter.advance(last, ledger.head)
 
     # --- writing ---------------------------------------------------------------------------------
-    def append(self, entry: LedgerEntry, signed_license: SignedLicense | None = None) -> None:
-        """Write ``entry`` (and the license it installs) durably, in one transaction, then move the
-        counter. The ledger state is not touched: the caller applies the entry once this returns."""
+    def append(self, entry: LedgerEntry, signed: SignedLicense | SignedRevocation | None = None) -> None:
+        """Write ``entry`` (and the signed license it installs, or the signed revocation it writes)
+        durably, in one transaction, then move the counter. The ledger state is not touched: the
+        caller applies the entry once this returns."""
+        expected = {"license": SignedLicense, "revoke": SignedRevocation}.get(entry.kind)
+        if (expected is None) != (signed is None) or (expected is not None and not isinstance(signed, expected)):
+            raise UsageError(
+                f"a {entry.kind} entry is stored with "
+                + ("no signed document" if expected is None else f"its {expected.__name__}")
+                + f", got {type(signed).__name__}"
+            )
+        table = "licenses" if entry.kind == "license" else "revocations"
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 self._conn.execute(
                     "INSERT INTO entries (seq, body, hash) VALUES (?, ?, ?)", (entry.seq, entry.to_bytes(), entry.hash)
                 )
-                if signed_license is not None:
+                if signed is not None:
                     self._conn.execute(
-                        "INSERT INTO licenses (license_id, data, signature) VALUES (?, ?, ?)",
-                        (entry.license_id, signed_license.data, signed_license.signature),
+                        f"INSERT INTO {table} (license_id, data, signature) VALUES (?, ?, ?)",
+                        (entry.license_id, signed.data, signed.signature),
                     )
                 self._conn.execute("COMMIT")
             except BaseException:

@@ -18,10 +18,17 @@ Wiring into the runtime: the manifest's ``metering`` policy (position 10, before
     block = 64           # calls per durable reservation (default 64)
 
 The ledgers live on the device, not in the bundle: the agent binds its :class:`MeteringHost`
-(ledger directory, device signing key, trusted issuer keys) with :func:`bind_metering` before it
-opens runtimes. Without a bound host a metered bundle does not open (no silent free service);
-bundles without the policy open as before. One :class:`Meter` per model is shared by every runtime
-of that model in the process (the A/B slots), so two runtimes never fork the chain.
+(ledger directory, device signing key, trusted issuer keys) before it opens runtimes — with
+:func:`metering_bound` around the opening (bound for the current thread and context only, so
+several agents in one process each open their runtimes over their own ledgers), or process-wide
+with :func:`bind_metering`. Without a bound host a metered bundle does not open (no silent free
+service); bundles without the policy open as before. One :class:`Meter` per model is shared by
+every runtime of that model opened over the same host (the A/B slots), so two runtimes never fork
+the chain.
+
+Revocations: :meth:`Meter.revoke` writes the issuer's signed revocation of the license in force
+into the ledger (durably, like a license); the meter then refuses with
+:class:`~tinymlops.errors.LicenseRevokedError` until a top-up of the revoked license is installed.
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,15 +49,24 @@ from tinymlops.crypto.signing import TrustedKey
 from tinymlops.errors import LicenseScopeError, SpecError, UsageError
 from tinymlops.metering.ledger import Ledger
 from tinymlops.metering.ledger_store import LedgerStore, MonotonicCounter, default_counter
-from tinymlops.metering.license_signing import SignedLicense, SignedUsageReport, sign_usage_report, verify_license
-from tinymlops.spec.license import MODEL_NAME, License
-from tinymlops.spec.usage_report import MAX_REPORT_ENTRIES, LedgerEntry, UsageReport
+from tinymlops.metering.license_signing import (
+    SignedLicense,
+    SignedRevocation,
+    SignedUsageReport,
+    sign_usage_report,
+    verify_license,
+    verify_revocation,
+)
+from tinymlops.spec.license import MODEL_NAME, License, Revocation
+from tinymlops.spec.usage_report import GENESIS_HASH, MAX_REPORT_ENTRIES, LedgerEntry, UsageReport
 
 if TYPE_CHECKING:
     from tinymlops.edge.middleware import CallNext, PolicyContext, Request, Response
 
 DEFAULT_BLOCK = 64
 MAX_BLOCK = 1 << 20
+#: a model's ledger file in a host's directory: ``<model>.ledger.sqlite3``
+LEDGER_SUFFIX = ".ledger.sqlite3"
 _REF = re.compile(r"^([^:/]+)(?::(\d+))?")
 
 
@@ -65,8 +82,7 @@ class Meter:
         block: int = DEFAULT_BLOCK,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if isinstance(block, bool) or not isinstance(block, int) or not 1 <= block <= MAX_BLOCK:
-            raise UsageError(f"metering block must be an integer in [1, {MAX_BLOCK}], got {block!r}")
+        _check_block(block)
         self.store = store
         self.ledger: Ledger = store.ledger
         self.block = block
@@ -111,6 +127,40 @@ class Meter:
     def limit(self) -> int:
         return self.ledger.licensed
 
+    @property
+    def installed_ids(self) -> frozenset[str]:
+        """The ids of every license installed in this chain (revoked ones included)."""
+        with self._lock:
+            return frozenset(self.ledger.licenses)
+
+    @property
+    def revoked_ids(self) -> frozenset[str]:
+        """The ids of the licenses whose revocation is written into this chain."""
+        with self._lock:
+            return frozenset(self.ledger.revocations)
+
+    @property
+    def current_license_id(self) -> str | None:
+        """The license in force (the chain's latest), revoked or not; None before the first."""
+        current = self.ledger.current
+        return None if current is None else current.license_id
+
+    @property
+    def next_seq(self) -> int:
+        """The seq the next entry will have (the number of entries in force)."""
+        return self.ledger.next_seq
+
+    def hash_before(self, seq: int) -> str | None:
+        """The hash of entry ``seq - 1`` (:data:`GENESIS_HASH` for 0): the head a report starting at
+        ``seq`` links to. None when the chain has no entry ``seq - 1``."""
+        if seq == 0:
+            return GENESIS_HASH
+        with self._lock:
+            if not 0 < seq <= self.ledger.next_seq:
+                return None
+            bodies = self.store.bodies(seq - 1, limit=1)
+        return LedgerEntry.from_bytes(bodies[0]).hash if bodies else None
+
     # --- licenses ----------------------------------------------------------------------------------
     def install(self, signed: SignedLicense) -> License:
         """Verify a license (or top-up) and add it to the chain, durably."""
@@ -121,6 +171,22 @@ class Meter:
             self.ledger.apply(entry, license)
             self._covered.clear()
         return license
+
+    def revoke(self, signed: SignedRevocation) -> bool:
+        """Verify the issuer's revocation of the license in force and write it into the chain, durably:
+        from now on every call is refused (LicenseRevokedError) until a top-up of that license is
+        installed. Idempotent: a revocation of a license this chain already revoked changes nothing
+        and returns False; True when it was written. A forged revocation raises SignatureError /
+        SpecError; one for another device or model, or not of the license in force, LicenseError."""
+        revocation: Revocation = verify_revocation(signed, self._trusted)
+        with self._lock:
+            if revocation.license_id in self.ledger.revocations:
+                return False
+            entry = self.ledger.propose_revoke(revocation, self._clock())
+            self.store.append(entry, signed)
+            self.ledger.apply(entry, revocation)
+            self._covered.clear()
+        return True
 
     # --- the hot path ------------------------------------------------------------------------------
     def authorize(self, version: int | None = None) -> None:
@@ -158,17 +224,19 @@ class Meter:
         return MeteringMiddleware(self, version)
 
     # --- reports -----------------------------------------------------------------------------------
-    def usage_report(self, since_seq: int = 0) -> SignedUsageReport | None:
-        """The signed report of the entries from ``since_seq`` on, at most
-        :data:`~tinymlops.spec.usage_report.MAX_REPORT_ENTRIES` of them (the next report starts at this
+    def usage_report(self, since_seq: int = 0, *, limit: int = MAX_REPORT_ENTRIES) -> SignedUsageReport | None:
+        """The signed report of the entries from ``since_seq`` on, at most ``limit`` (at most
+        :data:`~tinymlops.spec.usage_report.MAX_REPORT_ENTRIES`) of them (the next report starts at this
         one's ``last_seq + 1``); None when there are none.
 
         Only the stored bytes and the ledger's state are read under the lock (a few ms at the
         maximum); parsing, building and signing run outside it, so :meth:`authorize` is not held up.
         ``block_remaining`` is the open block's when the report reaches the head of the chain, else 0
         (every block in a report that stops short of the head is closed)."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_REPORT_ENTRIES:
+            raise UsageError(f"a usage report carries 1..{MAX_REPORT_ENTRIES} entries, got limit={limit!r}")
         with self._lock:
-            bodies = self.store.bodies(since_seq, limit=MAX_REPORT_ENTRIES)
+            bodies = self.store.bodies(since_seq, limit=limit)
             next_seq = self.ledger.next_seq
             block_remaining = self.ledger.block_remaining
         entries = [LedgerEntry.from_bytes(body) for body in bodies]
@@ -224,22 +292,42 @@ class MeteringHost:
         self._meters: dict[str, Meter] = {}
         self._lock = threading.Lock()
 
-    def meter(self, model: str, *, block: int = DEFAULT_BLOCK) -> Meter:
+    def meter(self, model: str, *, block: int | None = None) -> Meter:
+        """The meter of ``model``, opened (verified, replayed) on first use. ``block``: calls per
+        reservation from now on — a bundle's metering policy sets it when its runtime opens; None
+        keeps the meter's block (:data:`DEFAULT_BLOCK` for a meter opened without one, e.g. by the
+        agent's license sync before any bundle of the model opened)."""
         if not MODEL_NAME.match(model):
             raise UsageError(f"not a model name: {model!r}")
+        if block is not None:
+            _check_block(block)
         with self._lock:
             meter = self._meters.get(model)
             if meter is None:
                 meter = self._meters[model] = Meter.open(
-                    self.directory / f"{model}.ledger.sqlite3",
+                    self.directory / f"{model}{LEDGER_SUFFIX}",
                     model,
                     device_key=self.device_key,
                     trusted_issuer_keys=self.trusted_issuer_keys,
-                    block=block,
+                    block=DEFAULT_BLOCK if block is None else block,
                     counter=self.counter,
                     clock=self.clock,
                 )
+            elif block is not None:
+                meter.block = block  # read under the meter's lock at the next reservation
             return meter
+
+    def models(self) -> list[str]:
+        """The models this device holds a ledger of (open, or on disk in :attr:`directory`), sorted."""
+        with self._lock:
+            names = set(self._meters)
+        with suppress(OSError):
+            names.update(
+                p.name[: -len(LEDGER_SUFFIX)]
+                for p in self.directory.glob(f"*{LEDGER_SUFFIX}")
+                if MODEL_NAME.match(p.name[: -len(LEDGER_SUFFIX)])
+            )
+        return sorted(names)
 
     def close(self) -> None:
         with self._lock:
@@ -250,10 +338,13 @@ class MeteringHost:
 
 _bound: MeteringHost | None = None
 _bound_lock = threading.Lock()
+#: the host bound by metering_bound for the current thread / context (it wins over _bound)
+_scoped: ContextVar[MeteringHost | None] = ContextVar("tinymlops_metering_host", default=None)
 
 
 def bind_metering(host: MeteringHost | None) -> None:
-    """Make ``host`` the device's metering for runtimes opened from now on (None: unbind)."""
+    """Make ``host`` the process's metering for runtimes opened from now on (None: unbind). A host
+    bound with :func:`metering_bound` wins inside its block."""
     global _bound
     with _bound_lock:
         _bound = host
@@ -261,15 +352,24 @@ def bind_metering(host: MeteringHost | None) -> None:
 
 @contextmanager
 def metering_bound(host: MeteringHost) -> Iterator[MeteringHost]:
-    """``with metering_bound(host):`` bind for the block, then restore what was bound before."""
-    global _bound
-    with _bound_lock:
-        before, _bound = _bound, host
+    """``with metering_bound(host):`` runtimes opened in the block, by this thread (this context),
+    meter with ``host``; what was bound before is restored after. Other threads are not affected, so
+    several agents in one process each bind their own."""
+    token = _scoped.set(host)
     try:
         yield host
     finally:
-        with _bound_lock:
-            _bound = before
+        _scoped.reset(token)
+
+
+def bound_host() -> MeteringHost | None:
+    """The host runtimes opened here and now would meter with (None: none bound)."""
+    return _scoped.get() or _bound
+
+
+def _check_block(block: object) -> None:
+    if isinstance(block, bool) or not isinstance(block, int) or not 1 <= block <= MAX_BLOCK:
+        raise UsageError(f"metering block must be an integer in [1, {MAX_BLOCK}], got {block!r}")
 
 
 def split_model_ref(ref: str | None) -> tuple[str | None, int | None]:
@@ -301,7 +401,7 @@ def metering_factory(table: Mapping[str, Any], context: PolicyContext | None) ->
     name, version = split_model_ref(context.model if context is not None else None)
     if name is not None and name != model:
         raise SpecError(f"metering policy meters model '{model}', but the bundle carries '{context.model}'")  # type: ignore[union-attr]
-    host = _bound
+    host = bound_host()
     if host is None:
         raise UsageError(
             "the bundle's metering policy needs this device's usage ledger: bind a MeteringHost "
@@ -312,10 +412,12 @@ def metering_factory(table: Mapping[str, Any], context: PolicyContext | None) ->
 
 __all__ = [
     "DEFAULT_BLOCK",
+    "LEDGER_SUFFIX",
     "Meter",
     "MeteringHost",
     "MeteringMiddleware",
     "bind_metering",
+    "bound_host",
     "metering_bound",
     "metering_factory",
     "split_model_ref",

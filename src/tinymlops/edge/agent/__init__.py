@@ -10,6 +10,8 @@ Modules (each holds one thing):
 * :mod:`~tinymlops.edge.agent.install` — verify → stage → re-verify → open → smoke test → switch;
 * :mod:`~tinymlops.edge.agent.loop` — the :class:`Agent`: polling, back-off, context policy,
   health-driven rollback, status and health reports;
+* :mod:`~tinymlops.edge.agent.metering` — the :class:`MeteringSync`: licenses and revocations in,
+  signed usage reports out, at each contact with the control plane;
 * :mod:`~tinymlops.edge.agent.serving_stats` — what one bundle served (predictions, errors, a
   latency histogram), window by window, for health reports;
 * :mod:`~tinymlops.edge.agent.source` — the :class:`UpdateSource` protocol, :class:`Offer`, and
@@ -27,6 +29,7 @@ from tinymlops.edge.agent.context import FileContext
 from tinymlops.edge.agent.health import HealthWatch
 from tinymlops.edge.agent.install import STATUSES, Installer, InstallResult
 from tinymlops.edge.agent.loop import Agent, AgentConfig, Cycle, HealthSink
+from tinymlops.edge.agent.metering import MeteringSync, SyncOutcome
 from tinymlops.edge.agent.policy import Decision, DownloadPolicy
 from tinymlops.edge.agent.serving_stats import LatencyHistogram, PendingWindows, ServingStats, Window
 from tinymlops.edge.agent.slots import BundleInfo, Phase, SlotEntry, SlotState
@@ -49,6 +52,7 @@ __all__ = [
     "Installer",
     "LatencyHistogram",
     "LocalDirectorySource",
+    "MeteringSync",
     "Offer",
     "OfferLike",
     "PendingWindows",
@@ -58,6 +62,7 @@ __all__ = [
     "SlotEntry",
     "SlotState",
     "SlotStore",
+    "SyncOutcome",
     "UpdateSource",
     "Window",
     "write_offer",

@@ -49,6 +49,17 @@ upload) and put in the store; then, when the device is online, the ``telemetry_u
 decides by its upload policy what to send (:meth:`Agent.flush_telemetry`). The store never raises
 into the agent, and the recorder never into a prediction.
 
+Metering: the agent holds the device's :class:`~tinymlops.metering.meter.MeteringHost` (its usage
+ledgers under ``<data_dir>/metering``, usage reports signed with the device key, licenses verified
+with the trusted release keys — the issuer signs with the release key) and opens every runtime with
+it bound (:func:`~tinymlops.metering.meter.metering_bound`, for the opening thread only: several
+agents may share a process), so a bundle whose manifest enables the metering policy opens and debits
+its ledger on every prediction; a refusal (no license, quota used, expired, revoked) is that
+prediction's error, never the agent's. With a ``metering_sync`` (a
+:class:`~tinymlops.edge.agent.metering.MeteringSync`), once per cycle when the device is online the
+agent fetches licenses and revocations and sends usage reports (:meth:`Agent.sync_metering`); its
+outcome is :attr:`Agent.metering_outcome`. Bundles without the policy never touch the host.
+
 Clock, timer, RNG, wait, context provider and reporter are injectable, so tests are deterministic.
 """
 
@@ -74,6 +85,7 @@ from tinymlops.crypto.signing import TrustedKey
 from tinymlops.edge.agent.backoff import Backoff
 from tinymlops.edge.agent.health import HealthWatch
 from tinymlops.edge.agent.install import Installer, InstallResult, with_timing
+from tinymlops.edge.agent.metering import METERING_DIR
 from tinymlops.edge.agent.policy import DEFAULT_LARGE_BUNDLE_BYTES, DownloadPolicy
 from tinymlops.edge.agent.serving_stats import PendingWindows, ServingStats
 from tinymlops.edge.agent.slots import SlotState
@@ -82,6 +94,7 @@ from tinymlops.edge.agent.store import Recovery, SlotStore
 from tinymlops.edge.middleware import Middleware, Response
 from tinymlops.edge.runtime import Runtime
 from tinymlops.errors import OperationError, SlotTransitionError, TinyMLOpsError, UsageError
+from tinymlops.metering.meter import MeteringHost, metering_bound
 from tinymlops.spec.context import DeviceContext
 from tinymlops.spec.health_report import HealthReport
 
@@ -104,6 +117,8 @@ HealthSink = Callable[[HealthReport], None]
 ContextProvider = Callable[[], DeviceContext]
 #: sends what the upload store holds, as the upload policy allows with this context
 TelemetryUploaderFn = Callable[[DeviceContext], Any]
+#: syncs licenses and usage reports with the control plane; returns its outcome, never raises by design
+MeteringSyncFn = Callable[[], Any]
 Wait = Callable[[threading.Event, float], bool]
 
 
@@ -209,8 +224,19 @@ class Agent:
         telemetry_store: UploadStore | None = None,
         telemetry_uploader: TelemetryUploaderFn | None = None,
         energy_meter: EnergyMeter | None = None,
+        metering: MeteringHost | None = None,
+        metering_sync: MeteringSyncFn | None = None,
     ) -> None:
         self.config = config or AgentConfig()
+        trusted = list(trusted_release_keys)
+        if metering is None and isinstance(device_key, DeviceKeys):
+            metering = MeteringHost(
+                Path(data_dir) / METERING_DIR, device_key=device_key.signing, trusted_issuer_keys=trusted, clock=clock
+            )
+        #: this device's usage ledgers (None: no signing key, so metered bundles do not open)
+        self.metering = metering
+        self.metering_sync = metering_sync
+        self.metering_outcome: Any = None
         self.telemetry_store = telemetry_store
         self.telemetry_uploader = telemetry_uploader
         self.energy_meter = energy_meter
@@ -226,7 +252,7 @@ class Agent:
         self.installer = Installer(
             self.store,
             device_key,
-            trusted_release_keys,
+            trusted,
             require_check_vector=self.config.require_check_vector,
             threads=self.config.threads,
             middleware=self._runtime_middleware,
@@ -267,7 +293,7 @@ class Agent:
     def start(self) -> Recovery:
         """Take the data directory, recover it, and open the active bundle (re-verified and
         smoke-tested; a bundle that fails falls back to the other slot)."""
-        with self._lock:
+        with self._lock, self._metering_bound():
             recovery = self.store.recover(self.installer)
             self._open_active(recovery.actions)
             self.recovery = recovery
@@ -278,6 +304,8 @@ class Agent:
         with self._lock:
             self._set_runtime(None)  # its window joins the pending ones (flush_health() sends them)
             self.store.close()
+            if self.metering is not None:
+                self.metering.close()  # the ledgers reopen (verified again) on their next use
             self._started = False
 
     def __enter__(self) -> Agent:
@@ -285,6 +313,10 @@ class Agent:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _metering_bound(self) -> contextlib.AbstractContextManager[Any]:
+        """Runtimes opened inside meter with this agent's host (this thread only)."""
+        return metering_bound(self.metering) if self.metering is not None else contextlib.nullcontext()
 
     def _open_active(self, notes: list[str]) -> None:
         while True:
@@ -424,6 +456,22 @@ class Agent:
         except Exception:
             log.exception("telemetry failed")
 
+    # --- metering --------------------------------------------------------------------------------
+    def sync_metering(self) -> Any:
+        """Run the metering sync once (licenses in, usage reports out); its outcome (None without a
+        sync, or when it failed) is also kept in :attr:`metering_outcome`. Never raises: the agent
+        calls it once per online cycle."""
+        sync = self.metering_sync
+        if sync is None:
+            return None
+        try:
+            outcome = sync()
+        except Exception:  # metering must never stop updates; the ledgers keep everything for next time
+            log.exception("the metering sync failed")
+            return None
+        self.metering_outcome = outcome
+        return outcome
+
     # --- health reports ----------------------------------------------------------------------
     def _retire(self, stats: ServingStats) -> None:
         """The bundle of ``stats`` is no longer active: close its window now and queue it."""
@@ -531,7 +579,8 @@ class Agent:
         entry = state.slots[target]
         assert entry is not None
         try:
-            runtime = self.installer.open_active(target, entry.bundle)
+            with self._metering_bound():
+                runtime = self.installer.open_active(target, entry.bundle)
         except Exception as exc:  # the fallback no longer verifies: drop it, stay where we are
             self.store.apply(state.invalidate(target))
             self.store.clear_slot(target)
@@ -605,6 +654,7 @@ class Agent:
         try:
             return self._poll(context)
         finally:
+            self.sync_metering()
             self._health_tick(context)
             self._telemetry_tick(context)
 
@@ -661,7 +711,7 @@ class Agent:
         download_s = self.timer() - t
 
         try:
-            with self._lock:
+            with self._lock, self._metering_bound():
                 result = self.installer.install(path, expected_sha256=offer.sha256)
                 if result.status == "installed":
                     self._set_runtime(result.runtime)
@@ -696,4 +746,13 @@ def _reportable(context: DeviceContext | None) -> DeviceContext | None:
     return dataclasses.replace(context, bandwidth_kbps=None)
 
 
-__all__ = ["Agent", "AgentConfig", "ContextProvider", "Cycle", "HealthSink", "Reporter", "TelemetryUploaderFn"]
+__all__ = [
+    "Agent",
+    "AgentConfig",
+    "ContextProvider",
+    "Cycle",
+    "HealthSink",
+    "MeteringSyncFn",
+    "Reporter",
+    "TelemetryUploaderFn",
+]

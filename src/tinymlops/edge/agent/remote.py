@@ -35,6 +35,13 @@ report the server cannot take now (unreachable, 5xx, 401 from a skewed clock) st
 sent again before the next check; one it refuses for good (400, 413, 422) is dropped; a failed
 report never stops the agent.
 
+Metering: the connection holds the device's :class:`~tinymlops.metering.meter.MeteringHost` (usage
+ledgers in ``<data_dir>/metering/``, licenses verified with the trusted release keys) and a
+:class:`~tinymlops.edge.agent.metering.MeteringSync` over the same signed client, which the agent
+runs once per online cycle: licenses and revocations in (``GET /v1/devices/me/licenses``), usage
+reports out (``POST /v1/devices/me/usage``). :func:`connect` runs it once right after it enrolled or
+bootstrapped, so a license sold before the device's first contact is there before its first install.
+
 Telemetry travels apart, through a :class:`TelemetryUploader` over the device's
 :class:`~tinymlops.observe.upload_store.UploadStore` (``<data_dir>/telemetry/upload.sqlite3``): the
 agent puts each closed telemetry window in the store, and at each cycle the uploader asks the
@@ -75,6 +82,7 @@ from tinymlops.devices.client import DeviceClient, error_fields
 from tinymlops.devices.identity import EnrolmentState, load_or_create_keys
 from tinymlops.devices.request_auth import sign_request
 from tinymlops.edge.agent.install import InstallResult
+from tinymlops.edge.agent.metering import METERING_DIR, MeteringSync, SyncOutcome
 from tinymlops.edge.updates import HeaderProvider, Offer, TufUpdateSource, UpdateClient
 from tinymlops.errors import (
     InvalidInputError,
@@ -83,6 +91,7 @@ from tinymlops.errors import (
     TinyMLOpsError,
     UsageError,
 )
+from tinymlops.metering.meter import LEDGER_SUFFIX, MeteringHost
 from tinymlops.observe.upload_policy import UploadPolicy, decide
 from tinymlops.observe.upload_store import UploadStore
 from tinymlops.observe.upload_store import peek as peek_store
@@ -399,6 +408,11 @@ class Connection:
     reporter: InstallReporter
     health_reporter: HealthReporter | None = None
     telemetry: TelemetryUploader | None = None
+    #: the device's usage ledgers, and the sync of licenses and usage reports with the server
+    metering_host: MeteringHost | None = None
+    metering: MeteringSync | None = None
+    #: what the sync right after enrolment / bootstrap did (None: connect did not run it)
+    metering_outcome: SyncOutcome | None = None
 
     @property
     def device_id(self) -> str:
@@ -410,7 +424,8 @@ class Connection:
         Install results go to ``reporter=`` (if given) and then to the server; health reports go to
         the server, or to ``health_reporter=`` instead when given (``None`` turns them off);
         telemetry windows go to this connection's upload store and uploader (``telemetry_store=None``
-        turns them off)."""
+        turns them off); metered bundles meter with this connection's host, and its metering sync runs
+        every online cycle (``metering_sync=None`` turns the sync off)."""
         from tinymlops.edge.agent.loop import Agent
 
         reporter = kwargs.pop("reporter", None)
@@ -419,6 +434,9 @@ class Connection:
         if self.telemetry is not None:
             kwargs.setdefault("telemetry_store", self.telemetry.store)
             kwargs.setdefault("telemetry_uploader", self.telemetry)
+        if self.metering_host is not None:
+            kwargs.setdefault("metering", self.metering_host)
+        kwargs.setdefault("metering_sync", self.metering)
         return Agent(self.data_dir, self.source, self.keys, self.trusted_keys, reporter=report, **kwargs)
 
 
@@ -510,6 +528,7 @@ def connect(
     client_keys = load_or_create_keys(Path(keys_dir) if keys_dir is not None else data_dir / KEYS_DIR)
     client = DeviceClient(server_url, client_keys, timeout_s=timeout_s, clock=clock)
     state = EnrolmentState.load(data_dir)
+    contacted = state is None  # enrolled or bootstrapped now: the server is reachable
     if state is None:
         state = _enrol(client, data_dir, enrolment_token, profile)
     elif not _same_server(state.server_url, client.server_url):
@@ -529,6 +548,7 @@ def connect(
     if trusted_root is not None and not UpdateClient.is_enrolled(data_dir):
         UpdateClient.enrol(data_dir, trusted_root)
     if not UpdateClient.is_enrolled(data_dir) or not _trusted_files(data_dir):
+        contacted = True
         root, keys, _ = _bootstrap(client)
         if not UpdateClient.is_enrolled(data_dir):  # never replace a trust anchor: new roots come via TUF
             UpdateClient.enrol(data_dir, root)
@@ -545,8 +565,31 @@ def connect(
     source = RemoteSource(TufUpdateSource(updates, client_keys.device_id, state.tags), reporter, health)
     store = telemetry_store or UploadStore(data_dir / TELEMETRY_STORE, client_keys.signing, clock=clock)
     telemetry = TelemetryUploader(client, store, upload_policy, clock=clock)
+    host = MeteringHost(
+        data_dir / METERING_DIR, device_key=client_keys.signing, trusted_issuer_keys=trusted, clock=clock
+    )
+    metering = MeteringSync(host, client, data_dir / METERING_DIR)
+    outcome = None
+    if contacted:  # a license sold before this first contact is installed before the first bundle
+        try:
+            outcome = metering()
+        except Exception:  # never fails the connection: the agent syncs again every cycle
+            log.exception("the first metering sync failed")
     return Connection(
-        client.server_url, data_dir, client_keys, state, trusted, client, updates, source, reporter, health, telemetry
+        client.server_url,
+        data_dir,
+        client_keys,
+        state,
+        trusted,
+        client,
+        updates,
+        source,
+        reporter,
+        health,
+        telemetry,
+        host,
+        metering,
+        outcome,
     )
 
 
@@ -561,6 +604,8 @@ def describe(data_dir: Path | str) -> dict[str, Any]:
     out["pending_reports"] = len(list((data_dir / REPORTS_DIR).glob("*.json")))
     out["pending_health_reports"] = len(list((data_dir / HEALTH_REPORTS_DIR).glob("*.json")))
     out["telemetry"] = peek_store(data_dir / TELEMETRY_STORE)
+    ledgers = data_dir / METERING_DIR
+    out["metering_ledgers"] = sorted(p.name[: -len(LEDGER_SUFFIX)] for p in ledgers.glob(f"*{LEDGER_SUFFIX}"))
     return out
 
 
