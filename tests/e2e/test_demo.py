@@ -85,6 +85,14 @@ def test_demo_runs_end_to_end(tmp_path) -> None:
     assert drift["uploads"]["windows"] >= 10 and drift["uploads"]["refused"] == 0
     assert drift["audit"]["rows_checked"] == 10 * 450 and drift["audit"]["rows_found"] == 0
     assert drift["audit"]["windows"] >= 10
+    # pay per query: the kiosk runs out offline and is refused, is topped up online; its copy is flagged
+    metering = out["fleet"]["metering"]
+    assert (metering["offline_served"], metering["offline_refused"]) == (40, 15), metering
+    assert "QuotaExceededError" in metering["refusal"] and metering["served_after_top_up"] == 21
+    kinds = {f["kind"] for f in metering["flags"]}
+    assert {"clone", "rollback"} <= kinds and all(f["device_id"] == metering["device_id"] for f in metering["flags"])
+    # billed: 40 + 21 before the copy, then 12 calls twice on each of the two branches
+    assert metering["reported_used"] >= 40 + 21 + 4 * 12, metering
 
     # the human-readable run reuses the workspace (a new base version); --serve keeps the
     # control plane up afterwards until interrupted
@@ -116,4 +124,7 @@ def test_demo_runs_end_to_end(tmp_path) -> None:
         and "Delivery" in stdout
         and "Fleet" in stdout
         and "Dashboard: http" in stdout
+        and "Pay per query" in stdout
+        and "flag: clone" in stdout
+        and "/dashboard/licenses" in stdout
     )

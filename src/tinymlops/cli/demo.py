@@ -163,6 +163,24 @@ def demo_cmd(
                 f"tinymlops drift report digits-cnn --since {since_iso(drift.since)} -w {result.workspace}",
                 highlight=False,
             )
+        if fleet.metering is not None:
+            m = fleet.metering
+            table(
+                f"Pay per query: kiosk {m.device_id}, license {m.license_id[:8]}… of {m.prepaid} queries (offline)",
+                ["step", "what happened"],
+                [
+                    ["offline", f"{m.offline_served} served, {m.offline_refused} refused on the device: {m.refusal}"],
+                    [
+                        "reconnect",
+                        f"usage reported; top-up {m.top_up_id[:8]}… installed; {m.served_after_top_up} served",
+                    ],
+                    [
+                        "copied state",
+                        f"{m.clone_device_dir} ran beside the kiosk; server counts {m.reported_used} used",
+                    ],
+                    *[[f"flag: {f['kind']}", f"seq {f.get('seq')}: {str(f.get('detail', ''))[:100]}"] for f in m.flags],
+                ],
+            )
         console.print(
             f"Dashboard: {fleet.dashboard_url}  (log in with the demo operator key: {fleet.api_key})", highlight=False
         )
@@ -174,6 +192,9 @@ def demo_cmd(
         if fleet.drift is not None:
             console.print(f"  drift by site: {fleet.drift.dashboard_url}?by=tag", highlight=False)
             console.print(f"  telemetry by device class: {fleet.dashboard_url}/telemetry", highlight=False)
+        if fleet.metering is not None:
+            console.print(f"  licenses and clone flags: {fleet.dashboard_url}/licenses", highlight=False)
+            console.print(f"  audit: tinymlops license audit -w {result.workspace}", highlight=False)
     console.print(f"Workspace: {result.workspace}  (try: tinymlops model lineage digits-cnn -w {result.workspace})")
     ws.close()
     if serve:

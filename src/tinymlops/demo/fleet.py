@@ -34,6 +34,7 @@ import numpy as np
 
 from tinymlops.access.service import ApiKeyService
 from tinymlops.demo.drift import DriftResult, run_drift, site_of
+from tinymlops.demo.metering import MeteringResult, run_metering
 from tinymlops.edge.agent.loop import Agent, AgentConfig
 from tinymlops.edge.agent.remote import Connection, connect
 from tinymlops.edge.backends import open_backend
@@ -122,6 +123,7 @@ class FleetResult:
     dashboard_url: str = ""
     api_key: str = ""  # the demo operator's key (admin): log in to the dashboard with it
     drift: DriftResult | None = None
+    metering: MeteringResult | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -131,6 +133,7 @@ class FleetResult:
             "devices": [d.to_dict() for d in self.devices],
             "rollouts": [r.to_dict() for r in self.rollouts],
             "drift": None if self.drift is None else self.drift.to_dict(),
+            "metering": None if self.metering is None else self.metering.to_dict(),
         }
 
 
@@ -346,12 +349,25 @@ def run_fleet(
         drift = run_drift(
             http, devices, model, x01, engine=ws.engine, server_url=server.url, classify=_classify, say=say
         )
+        kiosk = next(d for d in devices if d.agent.runtime is not None)
+        kiosk_ref = next(r.ref for r in results if r.device_id == kiosk.conn.device_id)  # the good version
+        metering, opened = run_metering(
+            http,
+            kiosk.conn,
+            kiosk.agent,
+            kiosk_ref or model,
+            x01,
+            server_url=server.url,
+            agent_config=DEMO_AGENT,
+            clone_dir=_fresh(fleet_dir / "kiosk-copy"),
+            say=say,
+        )
         dashboard_url = f"{server.url}/dashboard"
         say(f"dashboard: {dashboard_url} (log in with the demo operator's API key)")
-        for d in devices:
-            d.agent.close()
+        for agent in [*(d.agent for d in devices), *opened]:
+            agent.close()
         http.close()
-        return FleetResult(server.url, release["id"], results, rollouts, dashboard_url, admin_key, drift)
+        return FleetResult(server.url, release["id"], results, rollouts, dashboard_url, admin_key, drift, metering)
 
 
 def _fresh(path: Path) -> Path:
