@@ -17,15 +17,24 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from metering_testbed import MeteredBundles, metered_bundles_fixture  # noqa: F401 (fixture)
+from metering_testbed import (  # noqa: F401 (fixtures)
+    EVERY_CYCLE,
+    OFFLINE,
+    ONLINE,
+    Device,
+    MeteredBundles,
+    X,
+    device_fixture,
+    installed,
+    metered_bundles_fixture,
+    server_fixture,
+)
 
-from simulators.licensing_server import LICENSES_PATH, USAGE_PATH, LicensingServer, licensing_server
+from simulators.licensing_server import LICENSES_PATH, USAGE_PATH, LicensingServer
 from tinymlops.crypto.keys import DeviceKeys, key_id
-from tinymlops.devices.client import DeviceClient
-from tinymlops.edge.agent import Agent, AgentConfig, LocalDirectorySource, MeteringSync, SyncOutcome, write_offer
+from tinymlops.edge.agent import SyncOutcome
 from tinymlops.edge.agent.metering import METERING_DIR, STATE_FILE
 from tinymlops.errors import (
     InvalidInputError,
@@ -34,101 +43,12 @@ from tinymlops.errors import (
     ServerRequestError,
 )
 from tinymlops.metering.license_signing import LICENSE_DOMAIN, REVOCATION_DOMAIN, sign_license
-from tinymlops.spec.context import DeviceContext
 from tinymlops.spec.license import Revocation
 from tinymlops.spec.usage_report import UsageReport
 
-EVERY_CYCLE = AgentConfig(poll_interval=0.2, backoff_base=0.05, backoff_cap=0.4)
-ONLINE = DeviceContext(network="cellular", charging=False)  # usage reports are not gated like telemetry
-OFFLINE = DeviceContext(network="offline")
-X = np.ones((1, 4), np.float32)
-
-
-class Device:
-    """An agent over a local offer directory whose metering sync talks to ``server``."""
-
-    def __init__(self, root: Path, bundles: MeteredBundles, server: LicensingServer, **sync_kw) -> None:
-        self.root = root
-        self.bundles = bundles
-        self.server = server
-        self.offers = root / "offers"
-        self.offers.mkdir(parents=True, exist_ok=True)
-        self.context = ONLINE
-        keys = bundles.device
-        server.enrol(keys.device_id, keys.signing.public_key())
-        self.client = DeviceClient(server.url, keys, timeout_s=5.0)
-        self.agent = Agent(
-            root / "agent",
-            LocalDirectorySource(self.offers),
-            keys,
-            bundles.trusted,
-            config=EVERY_CYCLE,
-            context=lambda: self.context,
-        )
-        self.sync = MeteringSync(self.agent.metering, self.client, root / "agent" / METERING_DIR, **sync_kw)
-        self.agent.metering_sync = self.sync
-        self.agent.start()  # reopens the active bundle of an existing data directory
-
-    @property
-    def device_id(self) -> str:
-        return self.bundles.device.device_id
-
-    @property
-    def meter(self):
-        return self.agent.metering.meter("tiny")
-
-    def offer(self, name: str) -> None:
-        dest = self.offers / f"{name}.tmlb"
-        shutil.copyfile(self.bundles.paths[name], dest)
-        write_offer(self.offers, dest)
-
-    def cycle(self) -> SyncOutcome:
-        self.agent.run_once()
-        return self.agent.metering_outcome
-
-    def serve(self, n: int) -> tuple[int, list[Exception]]:
-        served, refusals = 0, []
-        for _ in range(n):
-            try:
-                self.agent.predict(X)
-                served += 1
-            except (QuotaExceededError, LicenseRevokedError) as exc:
-                refusals.append(exc)
-        return served, refusals
-
-    def assert_server_has_the_whole_chain(self) -> None:
-        chain = self.server.chain(self.device_id, "tiny")
-        entries = self.meter.store.entries()
-        assert [e.hash for e in chain.branch] == [e.hash for e in entries]
-
-    def close(self) -> None:
-        self.agent.close()
-
-
-@pytest.fixture
-def server(metered_bundles: MeteredBundles):
-    with licensing_server(metered_bundles.issuer) as srv:
-        yield srv
-
-
-@pytest.fixture
-def device(tmp_path: Path, metered_bundles: MeteredBundles, server: LicensingServer):
-    dev = Device(tmp_path, metered_bundles, server)
-    yield dev
-    dev.close()
-
-
-def _installed(dev: Device, queries: int):
-    lic = dev.server.issue(dev.device_id, "tiny", queries)
-    dev.offer("m1")
-    outcome = dev.cycle()
-    assert dev.agent.state.active_bundle is not None
-    assert outcome.installed == (lic.license_id,) and outcome.ok
-    return lic
-
 
 def test_first_contact_offline_quota_then_reconnect_reports_and_installs_the_top_up(device: Device) -> None:
-    lic = _installed(device, 10)  # the license was sold before the device's first contact
+    lic = installed(device, 10)  # the license was sold before the device's first contact
     active = device.agent.state.active_bundle.bundle_id
     device.context = OFFLINE
     requests_before = len(device.server.requests)
@@ -153,7 +73,7 @@ def test_first_contact_offline_quota_then_reconnect_reports_and_installs_the_top
 
 
 def test_a_lost_answer_is_resent_byte_for_byte_and_the_duplicate_409_moves_on(device: Device) -> None:
-    _installed(device, 50)
+    installed(device, 50)
     device.serve(6)
     device.server.lose_responses(1)
     outcome = device.cycle()
@@ -172,7 +92,7 @@ def test_a_lost_answer_is_resent_byte_for_byte_and_the_duplicate_409_moves_on(de
 
 
 def test_a_gap_makes_the_device_resend_from_where_the_server_says(device: Device) -> None:
-    _installed(device, 100)
+    installed(device, 100)
     device.serve(9)
     device.cycle()
     remembered = device.sync.acknowledged()["tiny"]
@@ -189,7 +109,7 @@ def test_a_gap_makes_the_device_resend_from_where_the_server_says(device: Device
 
 
 def test_a_revocation_refuses_until_a_top_up_of_it_is_installed(device: Device) -> None:
-    lic = _installed(device, 20)
+    lic = installed(device, 20)
     device.serve(5)  # two blocks of 4 reserved
     device.cycle()
     device.server.revoke(lic.license_id, "chargeback")
@@ -212,7 +132,7 @@ def test_a_revocation_refuses_until_a_top_up_of_it_is_installed(device: Device) 
 def test_a_chain_revoked_and_topped_up_while_away_is_replayed_in_order(device: Device) -> None:
     """Both learnt at one contact: the revocation forfeits what was left *before* the top-up reinstates,
     so the queries of the revoked license are not pooled into the top-up."""
-    lic = _installed(device, 20)
+    lic = installed(device, 20)
     device.serve(5)  # 8 reserved, 3 left in the open block
     device.server.revoke(lic.license_id)
     top = device.server.top_up(lic.license_id, 6)
@@ -224,7 +144,7 @@ def test_a_chain_revoked_and_topped_up_while_away_is_replayed_in_order(device: D
 
 
 def test_a_revocation_named_in_a_201_is_fetched_in_the_same_sync(device: Device) -> None:
-    lic = _installed(device, 20)
+    lic = installed(device, 20)
     device.serve(2)
     device.server.revoke_on_next_report(lic.license_id)
     outcome = device.cycle()
@@ -290,7 +210,7 @@ def test_forged_and_misaddressed_documents_are_refused_and_the_genuine_ones_inst
 
 
 def test_the_server_down_loses_nothing_and_everything_goes_at_the_next_contact(device: Device) -> None:
-    _installed(device, 100)
+    installed(device, 100)
     device.serve(7)
     device.server.down = True
     outcome = device.cycle()
@@ -305,7 +225,7 @@ def test_the_server_down_loses_nothing_and_everything_goes_at_the_next_contact(d
 
 
 def test_refusals_stop_the_model_for_this_cycle_and_keep_the_data(device: Device) -> None:
-    _installed(device, 100)
+    installed(device, 100)
     device.serve(5)
     device.server.answer(400, {"error": {"type": "SpecError", "message": "not today"}}, path=USAGE_PATH)
     outcome = device.cycle()
@@ -329,7 +249,7 @@ def test_refusals_stop_the_model_for_this_cycle_and_keep_the_data(device: Device
 def test_a_long_ledger_goes_in_chunks(tmp_path: Path, metered_bundles: MeteredBundles, server) -> None:
     dev = Device(tmp_path, metered_bundles, server, max_report_entries=2)
     try:
-        _installed(dev, 100)
+        installed(dev, 100)
         dev.serve(21)  # 6 blocks: entries 1..6
         outcome = dev.cycle()
         assert outcome.ok and outcome.reports == 3 and outcome.reported == 6
@@ -348,7 +268,7 @@ def test_a_restored_ledger_reports_from_where_it_forks_so_the_server_sees_the_ro
     the server); without it (the newer state names a hash the ledger no longer has), from seq 0.
     Either way the report forks from the stored chain and every block either copy reserved is billed."""
     dev = Device(tmp_path / "a", metered_bundles, server)
-    _installed(dev, 100)
+    installed(dev, 100)
     dev.serve(4)
     dev.cycle()
     dev.close()
@@ -385,7 +305,7 @@ def test_a_copied_device_reports_its_own_branch_and_the_server_flags_and_bills_b
     acknowledged position (never from scratch), so the server sees one chain fork (``rollback``) and
     then both branches grow (``clone``), and bills every block either copy reserved."""
     a = Device(tmp_path / "a", metered_bundles, server)
-    _installed(a, 100)
+    installed(a, 100)
     a.serve(4)
     a.cycle()
     a.close()
@@ -419,7 +339,7 @@ def test_a_bundle_without_metering_never_opens_a_ledger(device: Device) -> None:
 
 
 def test_the_state_file_is_written_atomically_and_a_corrupt_one_is_ignored(device: Device) -> None:
-    _installed(device, 20)
+    installed(device, 20)
     state = device.root / "agent" / METERING_DIR / STATE_FILE
     doc = json.loads(state.read_text())
     assert doc["models"]["tiny"]["next_seq"] == 1
