@@ -30,7 +30,8 @@ Hooks let a test play a broken network or server:
 * :meth:`LicensingServer.lose_responses` — take the next ``n`` usage reports, then drop the
   connection without answering (the device sees no answer: a lost 201);
 * :meth:`LicensingServer.answer` — answer the next ``n`` requests (of a path, if given) with a fixed
-  status and body;
+  status and body; :meth:`LicensingServer.answer_raw` — with fixed bytes written to the socket as they
+  are (a truncated body, a status line that is not HTTP …), then the connection is closed;
 * :attr:`LicensingServer.down` — while True every connection is dropped unanswered (server down);
 * :attr:`LicensingServer.hide_chains` — GET answers without ``chains`` (the device must go by what it
   remembers); :meth:`LicensingServer.forget` — drop the stored entries of a chain from a seq on (the
@@ -128,6 +129,7 @@ class _Canned:
     body: dict[str, Any]
     left: int
     path: str | None
+    raw: bytes | None = None
 
 
 class _Drop(Exception):
@@ -146,6 +148,7 @@ class LicensingServer:
         self._by_license: dict[str, Chain] = {}
         self.flags: list[dict[str, Any]] = []
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status) of every answered request
+        self.received: list[tuple[str, bytes]] = []  # (path, body) of every request, canned answers included
         self.usage_bodies: list[bytes] = []
         self.extra_licenses: list[dict[str, Any]] = []
         self.extra_revocations: list[dict[str, Any]] = []
@@ -259,6 +262,11 @@ class LicensingServer:
         with self._lock:
             self._canned = _Canned(status, body, n, path) if n > 0 else None
 
+    def answer_raw(self, raw: bytes, n: int = 1, *, path: str | None = None) -> None:
+        """Answer the next ``n`` requests (of ``path``) by writing ``raw`` as it is, then closing."""
+        with self._lock:
+            self._canned = _Canned(0, {}, n, path, raw) if n > 0 else None
+
     def statuses(self, path: str) -> list[int]:
         with self._lock:
             return [s for _, p, s in self.requests if p == path]
@@ -290,6 +298,7 @@ class LicensingServer:
                 body = self.rfile.read(length)
                 path = urlsplit(self.path).path
                 with server._lock:
+                    server.received.append((path, body))
                     if server.down:
                         return self._drop()
                     canned = server._canned
@@ -299,6 +308,10 @@ class LicensingServer:
                             server._canned = None
                     else:
                         canned = None
+                if canned is not None and canned.raw is not None:
+                    self.wfile.write(canned.raw)
+                    self.wfile.flush()
+                    return self._drop()
                 if canned is not None:
                     return self._reply(canned.status, canned.body)
                 try:

@@ -17,13 +17,17 @@ Redirects are never followed (the signature covers the path, and credentials mus
 another host); responses larger than ``max_response_bytes`` are refused. A refusal by the server
 raises :class:`ServerRequestError` carrying the HTTP status and the server's error type (for the
 metering calls, the error body's other fields too: a ``409`` to a usage report carries ``next_seq``);
-a network failure raises :class:`ServerUnreachableError`.
+a network failure — or an answer that never arrived whole (shorter than its ``Content-Length``, a
+status line that is not HTTP) — raises :class:`ServerUnreachableError`: the request may or may not
+have been taken. A body that is not JSON (or is nested deeper than the parser goes) is an
+:class:`InvalidInputError`. Nothing the server sends makes the client raise anything else.
 
 Edge-safe: the standard library's ``urllib.request`` and ``cryptography`` only.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.error
@@ -62,10 +66,21 @@ class Response:
     body: bytes
 
     def json(self) -> Any:
-        try:
-            return json.loads(self.body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            raise InvalidInputError(f"server answered {self.status} with a body that is not JSON") from None
+        doc = _loads(self.body)
+        if doc is _NOT_JSON:
+            raise InvalidInputError(f"server answered {self.status} with a body that is not JSON")
+        return doc
+
+
+_NOT_JSON = object()
+
+
+def _loads(body: bytes) -> Any:
+    """``body`` parsed as JSON, or :data:`_NOT_JSON` (not UTF-8, not JSON, or nested too deep)."""
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return _NOT_JSON
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -150,11 +165,18 @@ class DeviceClient:
         for name, value in headers.items():
             req.add_header(name, value)
         try:
-            with self._opener.open(req, timeout=self.timeout_s) as resp:
-                return Response(resp.status, dict(resp.headers.items()), self._read(resp))
-        except urllib.error.HTTPError as exc:
-            with exc:
-                return Response(exc.code, dict(exc.headers.items()), self._read(exc))
+            try:
+                with self._opener.open(req, timeout=self.timeout_s) as resp:
+                    return Response(resp.status, dict(resp.headers.items()), self._read(resp))
+            except urllib.error.HTTPError as exc:
+                with exc:
+                    return Response(exc.code, dict(exc.headers.items()), self._read(exc))
+        except http.client.HTTPException as exc:  # not HTTP, or cut short: no answer to go by
+            raise ServerUnreachableError(
+                f"the control plane at {self.server_url} gave no usable answer ({type(exc).__name__}: {exc!s:.200})",
+                status=0,
+                url=self.server_url,
+            ) from exc
         except (TimeoutError, urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ServerUnreachableError(
@@ -165,6 +187,9 @@ class DeviceClient:
         data: bytes = stream.read(self.max_response_bytes + 1)
         if len(data) > self.max_response_bytes:
             raise InvalidInputError(f"server response exceeds {self.max_response_bytes} bytes; refused")
+        declared = (stream.headers.get("Content-Length") or "").strip()
+        if declared.isdigit() and int(declared) != len(data):  # the connection closed mid-answer
+            raise http.client.IncompleteRead(data, max(0, int(declared) - len(data)))
         return data
 
     # --- conveniences ----------------------------------------------------------------------
@@ -246,25 +271,23 @@ class DeviceClient:
 def error_fields(body: bytes) -> tuple[str, str] | None:
     """``(type, message)`` of the control plane's error body ``{"error": {"type": …, "message": …}}``;
     None when ``body`` is not one."""
-    try:
-        doc = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return None
+    doc = _loads(body)
     err = doc.get("error") if isinstance(doc, dict) else None
     return (str(err.get("type", "")), str(err.get("message", ""))) if isinstance(err, dict) else None
+
+
+#: error-body fields never taken as details: the error's own fields, and the names its constructor binds
+_NOT_DETAILS = frozenset({"type", "message", "status", "error_type", "self"})
 
 
 def error_details(body: bytes) -> dict[str, Any]:
     """The fields of the control plane's error body other than ``type`` and ``message`` (a 409's
     ``next_seq``, ``digest`` …); empty when ``body`` is not an error body."""
-    try:
-        doc = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return {}
+    doc = _loads(body)
     err = doc.get("error") if isinstance(doc, dict) else None
     if not isinstance(err, dict):
         return {}
-    return {str(k): v for k, v in err.items() if k not in ("type", "message", "status", "error_type")}
+    return {str(k): v for k, v in err.items() if k not in _NOT_DETAILS}
 
 
 def _refusal(method: str, path: str, response: Response, *, details: bool = False) -> ServerRequestError:
