@@ -78,8 +78,28 @@ def test_outside_the_window_is_refused(now: float, reason: str) -> None:
         led.authorize(now)
     assert info.value.details["reason"] == reason
     assert led.block_remaining == 8  # nothing debited for a refused call
+
+
+def test_a_license_past_its_end_still_installs_so_the_top_up_extending_it_can_follow() -> None:
+    """A device away longer than its license lasted learns, at one contact, the expired license and the
+    top-up that extends it: both install (the chain stays one chain), and the queries left of the first
+    are served in the top-up's window — as the server, which pools them, counts."""
+    led = fresh()
+    first = ISSUER.license(DEVICE, queries=10, valid_until=T0 + 100)
+    top = ISSUER.license(DEVICE, queries=5, previous=first.license_id, valid_until=T0 + 10_000)
+    away = T0 + 5000
+    led.apply(led.propose_license(first, away), first)  # refused as expired before: the chain was stuck
     with pytest.raises(LicenseExpiredError, match="expired"):
-        led.propose_license(ISSUER.license(DEVICE, previous=lic.license_id), now)
+        led.propose_reserve(4, away)  # its window is still enforced
+    led.apply(led.propose_license(top, away), top)
+    led.apply(led.propose_reserve(64, away))
+    assert led.block_remaining == 15 and led.authorize(away)
+    expired_top = ISSUER.license(DEVICE, queries=5, previous=top.license_id, valid_until=T0 + 200)
+    led.apply(led.propose_license(expired_top, away + 1), expired_top)  # a top-up that ended installs too ...
+    with pytest.raises(LicenseExpiredError, match="expired"):
+        led.authorize(away + 1)  # ... and its window governs (the issuer's newest word)
+    with pytest.raises(LicenseExpiredError, match="set back"):
+        led.propose_license(ISSUER.license(DEVICE, previous=expired_top.license_id), away)  # the clock still counts
 
 
 def test_a_license_installed_before_it_starts_refuses_until_then() -> None:

@@ -19,7 +19,10 @@ Semantics:
   the license in force (``previous_license_id`` = its id). Queries of a chain are pooled; the
   validity window and version range are those of the latest license, whichever way they move: a
   top-up can extend them or shorten them (the issuer's newest signed word governs, and the queries
-  left of earlier licenses are served inside it).
+  left of earlier licenses are served inside it). A license is installed whatever its window says
+  (before it starts, or after it ended — a device away longer than its license lasted must still take
+  it, so that the top-up extending it can follow); its window is enforced at each reservation. Only
+  a clock set back before the last entry refuses the install.
 * **Reservations** — a block of calls is written before any of them runs. Calls of the open
   block are counted in memory only. After a crash, :meth:`replay` rebuilds the state from the
   entries with no open block: the calls left in it are lost, never regained. So the usable count
@@ -179,7 +182,7 @@ class Ledger:
     def propose_license(self, license: License, now: float) -> LedgerEntry:
         """The entry that installs ``license`` (verified by its signature already), or a refusal."""
         self._check_license(license)
-        self._check_clock(now, license, early_ok=True)  # a license may be installed before it starts
+        self._check_clock(now, license, window=False)  # installed before it starts or after it ended alike
         return LedgerEntry(
             seq=self.next_seq,
             prev_hash=self.head,
@@ -415,7 +418,8 @@ class Ledger:
         self.block_remaining -= 1
         return True
 
-    def _check_clock(self, now: float, license: License, *, early_ok: bool = False) -> None:
+    def _check_clock(self, now: float, license: License, *, window: bool = True) -> None:
+        """Refuse a clock set back before the last entry, and (``window``) one outside the license's window."""
         base = {"license_id": license.license_id, "remaining": self.remaining, "limit": self.licensed}
         if now < self.last_at:
             raise LicenseExpiredError(
@@ -426,7 +430,9 @@ class Ledger:
                 last_entry_at=self.last_at,
                 **base,
             )
-        if now < license.valid_from and not early_ok:
+        if not window:
+            return
+        if now < license.valid_from:
             raise LicenseExpiredError(
                 f"license {license.license_id} is not valid before {license.valid_from} (now {int(now)})",
                 reason="not-yet-valid",

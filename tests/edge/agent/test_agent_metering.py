@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,7 @@ from metering_testbed import (  # noqa: F401 (fixtures)
     server_fixture,
 )
 
+from metering_world import Clock
 from simulators.licensing_server import LICENSES_PATH, USAGE_PATH, LicensingServer
 from tinymlops.crypto.keys import DeviceKeys, key_id
 from tinymlops.edge.agent import SyncOutcome
@@ -70,6 +72,27 @@ def test_first_contact_offline_quota_then_reconnect_reports_and_installs_the_top
     device.cycle()
     device.assert_server_has_the_whole_chain()
     assert chain.reserved() == 15 and device.sync.acknowledged()["tiny"] == (device.meter.next_seq, chain.head)
+
+
+def test_a_device_away_past_its_licenses_end_takes_it_and_the_top_up_extending_it(
+    tmp_path: Path, metered_bundles: MeteredBundles, server: LicensingServer
+) -> None:
+    """Sold a 6-query license that ran out of time before the device's first contact, then topped up
+    with 4 more and a new end: both install (before, the first was refused as expired and the top-up
+    as not chained — the chain could never be used again), and all 10 queries are served."""
+    clock = Clock(time.time())
+    dev = Device(tmp_path, metered_bundles, server, agent_kw={"clock": clock})
+    try:
+        lic = server.issue(dev.device_id, "tiny", 6, valid_until=int(clock.now) + 100)
+        top = server.top_up(lic.license_id, 4, valid_until=int(clock.now) + 86400)
+        clock.now += 1000  # the first contact comes after the first license ended
+        dev.offer("m1")
+        outcome = dev.cycle()
+        assert outcome.installed == (lic.license_id, top.license_id) and outcome.ok, outcome.refused
+        served, refusals = dev.serve(12)
+        assert served == 10 and len(refusals) == 2
+    finally:
+        dev.close()
 
 
 def test_a_lost_answer_is_resent_byte_for_byte_and_the_duplicate_409_moves_on(device: Device) -> None:
