@@ -325,6 +325,15 @@ class LicenseRevokedError(MeteringRefusedError):
     it into its ledger); metered predictions stay refused until a top-up is installed."""
 
 
+class LedgerUnusableError(MeteringRefusedError):
+    """The model's usage ledger on this device cannot be used, so its metered predictions are refused:
+    it does not verify (``reason="ledger-tampered"``, the :class:`LedgerTamperedError`'s message and
+    ``ledger_reason`` carried along; it stays refused until the device is re-licensed), or it cannot be
+    opened now (``reason="ledger-unavailable"``: held by another meter, unreadable; tried again at the
+    next call). ``model`` names the model. The bundle is not at fault: the agent keeps it and never
+    rolls back for it."""
+
+
 __all__ = [
     "AccessDeniedError",
     "AgentStateError",
@@ -343,6 +352,7 @@ __all__ = [
     "InvalidModelError",
     "KeyMismatchError",
     "LedgerTamperedError",
+    "LedgerUnusableError",
     "LicenseError",
     "LicenseExpiredError",
     "LicenseRevokedError",

@@ -29,10 +29,20 @@ the chain.
 Revocations: :meth:`Meter.revoke` writes the issuer's signed revocation of the license in force
 into the ledger (durably, like a license); the meter then refuses with
 :class:`~tinymlops.errors.LicenseRevokedError` until a top-up of the revoked license is installed.
+
+A ledger that cannot be used does not stop its bundle from opening: when the host cannot open the
+model's meter — the ledger does not verify (:class:`~tinymlops.errors.LedgerTamperedError`; the host
+remembers it until it is closed, so it is not verified again at every call) or cannot be opened now
+(:class:`~tinymlops.errors.StoreError`) — the runtime opens with a middleware that refuses every call
+with :class:`~tinymlops.errors.LedgerUnusableError` naming the cause (trying the host again at each
+call, so a ledger that becomes usable is used at once). Failing the bundle instead would make the
+agent roll back to whatever the other slot holds — a bundle without the metering policy would then
+serve the model for free — and refuse a release that is not at fault.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -46,7 +56,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tinymlops.crypto.keys import key_id
 from tinymlops.crypto.signing import TrustedKey
-from tinymlops.errors import LicenseScopeError, SpecError, UsageError
+from tinymlops.errors import (
+    LedgerTamperedError,
+    LedgerUnusableError,
+    LicenseScopeError,
+    SpecError,
+    StoreError,
+    UsageError,
+)
 from tinymlops.metering.ledger import Ledger
 from tinymlops.metering.ledger_store import LedgerStore, MonotonicCounter, default_counter
 from tinymlops.metering.license_signing import (
@@ -62,6 +79,8 @@ from tinymlops.spec.usage_report import GENESIS_HASH, MAX_REPORT_ENTRIES, Ledger
 
 if TYPE_CHECKING:
     from tinymlops.edge.middleware import CallNext, PolicyContext, Request, Response
+
+log = logging.getLogger("tinymlops.metering")
 
 DEFAULT_BLOCK = 64
 MAX_BLOCK = 1 << 20
@@ -257,18 +276,65 @@ class Meter:
 
 
 class MeteringMiddleware:
-    """``mw(request, call_next)``: debit one call of ``meter`` for ``version``, then run the chain."""
+    """``mw(request, call_next)``: debit one call of ``meter`` for ``version``, then run the chain.
 
-    __slots__ = ("_authorize", "meter", "version")
+    :meth:`unusable` builds one whose meter could not be opened: it refuses every call with
+    :class:`~tinymlops.errors.LedgerUnusableError` and asks the host again at each call (once the
+    meter opens, it debits it as any other)."""
+
+    __slots__ = ("_authorize", "_block", "_host", "_model", "meter", "version")
 
     def __init__(self, meter: Meter, version: int | None) -> None:
-        self.meter = meter
+        self.meter: Meter | None = meter
         self.version = version
-        self._authorize = meter.authorize
+        self._authorize: Callable[[int | None], None] = meter.authorize
+        self._host: MeteringHost | None = None
+        self._model = meter.ledger.model
+        self._block: int | None = None
+
+    @classmethod
+    def unusable(cls, host: MeteringHost, model: str, block: int | None, version: int | None) -> MeteringMiddleware:
+        """The middleware of ``model`` while ``host`` cannot open its meter (see the class doc)."""
+        mw = cls.__new__(cls)
+        mw.meter, mw.version, mw._host, mw._model, mw._block = None, version, host, model, block
+        mw._authorize = mw._open_then_authorize
+        return mw
+
+    def _open_then_authorize(self, version: int | None) -> None:
+        assert self._host is not None
+        try:
+            meter = self._host.meter(self._model, block=self._block)
+        except (LedgerTamperedError, StoreError) as exc:
+            raise unusable_ledger(self._model, exc) from None
+        self.meter, self._authorize = meter, meter.authorize
+        meter.authorize(version)
 
     def __call__(self, request: Request, call_next: CallNext) -> Response:
         self._authorize(self.version)
         return call_next(request)
+
+
+def unusable_ledger(model: str, exc: LedgerTamperedError | StoreError) -> LedgerUnusableError:
+    """The refusal of a metered call of ``model`` whose ledger could not be opened (``exc`` says why)."""
+    if isinstance(exc, LedgerTamperedError):
+        return LedgerUnusableError(
+            f"metered predictions of '{model}' are refused: its usage ledger does not verify ({exc.message}); "
+            "the device must be re-licensed",
+            reason="ledger-tampered",
+            ledger_reason=exc.details.get("reason"),
+            model=model,
+            remaining=0,
+            limit=0,
+            license_id=None,
+        )
+    return LedgerUnusableError(
+        f"metered predictions of '{model}' are refused: its usage ledger cannot be opened now ({exc.message})",
+        reason="ledger-unavailable",
+        model=model,
+        remaining=0,
+        limit=0,
+        license_id=None,
+    )
 
 
 class MeteringHost:
@@ -290,13 +356,17 @@ class MeteringHost:
         self.counter = counter
         self.clock = clock
         self._meters: dict[str, Meter] = {}
+        self._broken: dict[str, LedgerTamperedError] = {}
         self._lock = threading.Lock()
 
     def meter(self, model: str, *, block: int | None = None) -> Meter:
         """The meter of ``model``, opened (verified, replayed) on first use. ``block``: calls per
         reservation from now on — a bundle's metering policy sets it when its runtime opens; None
         keeps the meter's block (:data:`DEFAULT_BLOCK` for a meter opened without one, e.g. by the
-        agent's license sync before any bundle of the model opened)."""
+        agent's license sync before any bundle of the model opened).
+
+        A ledger that does not verify raises :class:`~tinymlops.errors.LedgerTamperedError`, and
+        raises it again at every call until :meth:`close` (see :attr:`broken`) without being read again."""
         if not MODEL_NAME.match(model):
             raise UsageError(f"not a model name: {model!r}")
         if block is not None:
@@ -304,18 +374,33 @@ class MeteringHost:
         with self._lock:
             meter = self._meters.get(model)
             if meter is None:
-                meter = self._meters[model] = Meter.open(
-                    self.directory / f"{model}{LEDGER_SUFFIX}",
-                    model,
-                    device_key=self.device_key,
-                    trusted_issuer_keys=self.trusted_issuer_keys,
-                    block=DEFAULT_BLOCK if block is None else block,
-                    counter=self.counter,
-                    clock=self.clock,
-                )
+                broken = self._broken.get(model)
+                if broken is not None:
+                    raise broken
+                try:
+                    meter = Meter.open(
+                        self.directory / f"{model}{LEDGER_SUFFIX}",
+                        model,
+                        device_key=self.device_key,
+                        trusted_issuer_keys=self.trusted_issuer_keys,
+                        block=DEFAULT_BLOCK if block is None else block,
+                        counter=self.counter,
+                        clock=self.clock,
+                    )
+                except LedgerTamperedError as exc:
+                    self._broken[model] = exc
+                    log.error("the %s usage ledger does not verify: %s", model, exc.message)
+                    raise
+                self._meters[model] = meter
             elif block is not None:
                 meter.block = block  # read under the meter's lock at the next reservation
             return meter
+
+    @property
+    def broken(self) -> dict[str, LedgerTamperedError]:
+        """``{model: why}`` for the ledgers found not to verify since this host was opened (or closed)."""
+        with self._lock:
+            return dict(self._broken)
 
     def models(self) -> list[str]:
         """The models this device holds a ledger of (open, or on disk in :attr:`directory`), sorted."""
@@ -330,10 +415,12 @@ class MeteringHost:
         return sorted(names)
 
     def close(self) -> None:
+        """Close every meter; ledgers reopen (verified again, the broken ones too) on their next use."""
         with self._lock:
             for meter in self._meters.values():
                 meter.close()
             self._meters.clear()
+            self._broken.clear()
 
 
 _bound: MeteringHost | None = None
@@ -407,7 +494,12 @@ def metering_factory(table: Mapping[str, Any], context: PolicyContext | None) ->
             "the bundle's metering policy needs this device's usage ledger: bind a MeteringHost "
             "(tinymlops.metering.bind_metering) before opening the runtime"
         )
-    return host.meter(model, block=block).middleware(version)
+    try:
+        meter = host.meter(model, block=block)
+    except (LedgerTamperedError, StoreError) as exc:  # not the bundle's fault: it opens, its calls are refused
+        log.error("%s", unusable_ledger(model, exc).message)
+        return MeteringMiddleware.unusable(host, model, block, version)
+    return meter.middleware(version)
 
 
 __all__ = [
@@ -421,4 +513,5 @@ __all__ = [
     "metering_bound",
     "metering_factory",
     "split_model_ref",
+    "unusable_ledger",
 ]
