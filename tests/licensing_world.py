@@ -139,13 +139,14 @@ class MeteredDevice:
         self.acked = result.next_seq
         return result
 
-    def flush(self, *, max_rounds: int = 20) -> list[ReportResult | TinyMLOpsError]:
-        """Send until the server has everything (following gaps back), as the agent's sync does."""
+    def flush(self, *, max_rounds: int = 20, limit: int | None = None) -> list[ReportResult | TinyMLOpsError]:
+        """Send until the server has everything (following gaps back), as the agent's sync does;
+        ``limit`` caps the entries of each report (the agent's chunks)."""
         out: list[ReportResult | TinyMLOpsError] = []
         for _ in range(max_rounds):
             if self.acked >= self.meter.next_seq:
                 return out
-            out.append(self.send())
+            out.append(self.send(limit=limit))
         raise AssertionError(f"the server did not catch up after {max_rounds} reports: {out}")
 
     def close(self) -> None:

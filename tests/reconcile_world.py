@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -34,10 +34,6 @@ from tinymlops.spec.license import License
 from tinymlops.spec.usage_report import GENESIS_HASH, LedgerEntry, UsageReport
 
 MODEL = "tiny"
-
-
-def report_end(report: UsageReport) -> tuple[int, str]:
-    return report.last_seq, report.head_after
 
 
 def issued(license: License, position: int) -> IssuedLicense:
@@ -76,7 +72,7 @@ class MemoryServer:
     clone_pairs: frozenset[tuple[int, int]] = frozenset()
     used: int = 0
     flags: list[Flag] = field(default_factory=list)
-    digests: dict[str, tuple[int, str]] = field(default_factory=dict)
+    digests: set[str] = field(default_factory=set)
 
     def issue(self, license: License) -> None:
         position = sum(1 for lic in self.licenses.values() if lic.device_id == license.device_id)
@@ -123,10 +119,9 @@ class MemoryServer:
     def send(self, report: UsageReport) -> Answer:
         digest = hashlib.sha256(report.to_bytes()).hexdigest()
         if digest in self.digests:
-            seq, head = self.digests[digest]
             flag = Flag("replay", report.first_seq, "sent again")
             self.flags.append(flag)
-            return Answer("duplicate", resume_after(self.snapshot(seq), seq, head), (flag,))
+            return Answer("duplicate", resume_after(report), (flag,))
         decision = reconcile(self.snapshot(max(report.first_seq - 1, 0), report.last_seq + 1), report)
         if isinstance(decision, Gap):
             return Answer("gap", decision.next_seq, decision=decision)
@@ -134,8 +129,6 @@ class MemoryServer:
             self.flags.append(decision.flag)
             return Answer("refused", self.next_seq, (decision.flag,), decision)
         assert isinstance(decision, Accepted)
-        if not decision.new:  # as the service does: a replay's position over the chain from its end on
-            decision = replace(decision, next_seq=resume_after(self.snapshot(report.last_seq), *report_end(report)))
         for stored in decision.new:
             assert stored.key not in self.entries
             self.entries[stored.key] = stored
@@ -146,7 +139,7 @@ class MemoryServer:
         self.clone_pairs = decision.clone_pairs
         self.used += decision.reserved
         self.flags.extend(decision.flags)
-        self.digests[digest] = (report.last_seq, report.head_after)
+        self.digests.add(digest)
         return Answer("accepted", decision.next_seq, decision.flags, decision)
 
     def branch_totals(self) -> StoredEntry | None:

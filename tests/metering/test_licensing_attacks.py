@@ -117,6 +117,31 @@ def test_a_restored_ledger_reporting_from_the_servers_position_is_sent_back_and_
     device.close()
 
 
+def test_a_restored_ledger_forking_past_its_first_report_chunk_is_still_caught(plane, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The restored copy reports from 0 in chunks (the agent's 4,096 entries; 3 here), and its fork
+    lies past the first chunk: every chunk before it holds entries the server has. The server must
+    answer such a chunk with the seq right after it — not with the head of the chain the *other*
+    copy reported, which this ledger does not hold: from there the report does not link, the gap
+    sends it back to 0, and the fork (and the usage on it) is never reported."""
+    _, service, _, _ = plane
+    device = _licensed(plane, tmp_path)
+    device.serve(8)  # license + 2 reservations: seq 0..2
+    device.flush()
+    backup = device.backup(tmp_path / "backup")
+    device.serve(40)  # 10 more reservations, reported: the server's chain reaches seq 12
+    device.flush()
+    device.restore(backup)
+    device.serve(60)  # the restored copy writes 15 reservations from seq 3 on: its chain forks at 3
+    device.acked = 0  # neither the server's position nor a remembered one is on this ledger
+    answers = device.flush(limit=3)
+    # seq 0..2 are the very bytes the device sent before the backup: already counted, go on at 3
+    assert isinstance(answers[0], DuplicateReportError) and answers[0].next_seq == 3
+    assert isinstance(answers[1], ReportResult) and [(f.kind, f.seq) for f in answers[1].flags] == [("rollback", 3)]
+    assert _used(service, device) == 8 + 40 + 60  # both branches billed
+    assert _kinds(service, device) == ["replay", "rollback"]
+    device.close()
+
+
 # --- a cloned device --------------------------------------------------------------------------------
 def test_a_ledger_and_key_copied_to_a_second_device_is_flagged_as_a_clone_and_both_are_billed(plane, tmp_path) -> None:  # type: ignore[no-untyped-def]
     _, service, _, _ = plane
@@ -269,7 +294,9 @@ def test_a_replayed_report_is_a_409_counted_once_and_an_info_flag(plane, tmp_pat
     device.send(2)
     with pytest.raises(DuplicateReportError) as exc:
         device.post(old)
-    assert exc.value.details["digest"] == exc.value.digest and exc.value.next_seq == device.meter.next_seq
+    # already counted: go on right after it (what the device showed; the server's head is further)
+    assert exc.value.details["digest"] == exc.value.digest and exc.value.next_seq == 3
+    assert service.chains(device_id=device.id)[0].next_seq == device.meter.next_seq == 5
     assert _used(service, device) == 16
     [flag] = service.audit(device_id=device.id)
     assert (flag.kind, flag.severity, flag.seq) == ("replay", "info", 0)

@@ -82,7 +82,7 @@ def test_a_report_of_stored_entries_only_is_a_replay_counted_once() -> None:
     answer = server.send(device.report(1, 3))
     assert answer.kind == "accepted" and [f.kind for f in answer.flags] == ["replay"]
     assert answer.flags[0].severity == "info"
-    assert answer.next_seq == server.next_seq == len(device.log)  # on the current branch: go on from the head
+    assert answer.next_seq == 3 < server.next_seq  # right after what the device showed, never past it
     assert server.used == used
 
 
@@ -188,26 +188,44 @@ def test_an_unlinkable_report_is_sent_back_to_the_latest_known_fork() -> None:
     assert answer.kind == "accepted" and [(f.kind, f.seq) for f in answer.flags] == [("rollback", 9)]
 
 
-def test_resume_after_follows_the_branch_the_device_is_on() -> None:
+def test_a_replay_sends_the_device_on_right_after_it_whichever_branch_it_is_on() -> None:
     device, server = world(block=4)
     device.serve(20)  # entries 0..5
     server.send(device.report(0))
     a = device.restored(3)
     a.serve(12)
-    server.send(a.report(3))  # A forks at 3
-    b = device.restored(5)
-    b.serve(8)
-    server.send(b.report(5))  # B forks the old branch at 5
-    a.serve(4)
-    server.send(a.report(len(a.log) - 1))  # A grows again: current
-    snap = server.snapshot(0)
-    # on the current branch: its head
-    assert resume_after(snap, 2, device.log[2].hash) == server.next_seq == len(a.log)
-    # off it, on a stretch that does not branch: that branch's tip
-    assert resume_after(snap, 5, device.log[5].hash) == len(device.log)
-    # off it, where the stored chain branches next: from the branching
-    assert resume_after(snap, 4, device.log[4].hash) == 5
-    assert resume_after(snap, 3, device.log[3].hash) == 5
+    server.send(a.report(3))  # A forks at 3 and is the current branch
+    for d, start, end in ((device, 1, 3), (device, 4, 6), (a, 3, 5), (a, 0, 6)):
+        report = d.report(start, end)
+        assert resume_after(report) == end
+        d.now += 1  # built anew: another digest, entries the server has
+        answer = server.send(d.report(start, end))
+        assert (answer.kind, answer.next_seq) == ("accepted", end)
+        assert server.send(d.report(start, end)).next_seq == end  # the same bytes again: a duplicate
+
+
+@pytest.mark.parametrize("rebuilt", [False, True])
+def test_a_restored_ledger_forking_past_its_first_chunk_is_walked_to_its_fork(rebuilt: bool) -> None:
+    """Chunks of stored entries must not send the device to the head of the other copy's chain:
+    from there it does not link, the gap sends it back to 0, and it would go round for ever."""
+    device, server = world(block=4)
+    device.serve(40)  # entries 0..10
+    for start in range(0, 11, 2):  # in chunks of 2, as the restored copy will send
+        server.send(device.report(start, start + 2))
+    restored = device.restored(5)
+    restored.serve(60)  # forks at 5, longer than the server's chain
+    if rebuilt:
+        restored.now += 1  # its chunks are new bytes (201 replays), not the stored reports (409s)
+    acked, answers = 0, []
+    for _ in range(10):
+        answer = server.send(restored.report(acked, acked + 2))
+        answers.append((answer.kind, [f.kind for f in answer.flags]))
+        acked = answer.next_seq
+        if answer.kind == "accepted" and answer.flags and answer.flags[0].kind == "rollback":
+            break
+    replay = ("accepted", ["replay"]) if rebuilt else ("duplicate", ["replay"])
+    assert answers == [replay, replay, ("accepted", ["rollback"])]
+    assert [f.seq for f in server.flags if f.kind == "rollback"] == [5]
 
 
 # --- license and count checks ------------------------------------------------------------------------------

@@ -24,9 +24,10 @@ that names another device is refused (SpecError / SignatureError, 400) *and* rec
 version is refused without a flag). Then, in one transaction that starts by writing the device's
 row (so one device's reports are reconciled one at a time — a row lock on PostgreSQL, the write
 lock on SQLite): a digest already accepted from this device is a
-:class:`~tinymlops.errors.DuplicateReportError` (409, a ``replay`` info flag, ``next_seq`` the
-position of the branch that report is on; nothing counted again — the unique (device, digest)
-constraint backs this up and is turned into the same error); then
+:class:`~tinymlops.errors.DuplicateReportError` (409, a ``replay`` info flag, ``next_seq`` right
+after that report's last entry, as :func:`~tinymlops.metering.reconcile.resume_after` answers;
+nothing counted again — the unique (device, digest) constraint backs this up and is turned into
+the same error); then
 :func:`tinymlops.metering.reconcile.reconcile` decides over the stored entries around the report's
 range — a gap is a :class:`~tinymlops.errors.ReportGapError` (409, nothing stored), a hostile report
 a :class:`~tinymlops.errors.LicenseError` (400, ``reason`` and ``flag`` in its details; nothing
@@ -46,7 +47,6 @@ every chain's position. Bad input raises the UsageError family (400/404/409).
 from __future__ import annotations
 
 import base64
-import dataclasses
 import hashlib
 import re
 import secrets
@@ -96,7 +96,6 @@ from tinymlops.metering.reconcile import (
     Totals,
     locate,
     reconcile,
-    resume_after,
 )
 from tinymlops.metering.schema import (
     LicenseChainRow,
@@ -671,7 +670,7 @@ class LicenseService:
                 )
                 if stored is None:
                     raise
-                error = self._duplicate(session, stored)
+                error = self._duplicate(stored)
             self._replay(device.id, stored, error.next_seq)
             raise error from None
 
@@ -684,7 +683,7 @@ class LicenseService:
                 select(UsageReportRow).where(UsageReportRow.device_id == device.id, UsageReportRow.digest == digest)
             )
             if stored is not None:
-                error = self._duplicate(session, stored)
+                error = self._duplicate(stored)
                 session.rollback()
                 self._replay(device.id, stored, error.next_seq)
                 raise error
@@ -704,9 +703,6 @@ class LicenseService:
                 assert chain is not None  # a license issued to the device belongs to one of its chains
                 window = (max(report.first_seq - 1, 0), report.last_seq + 1)
                 decision = reconcile(self._snapshot(session, chain, window, named), report)
-                if isinstance(decision, Accepted) and not decision.new:  # a replay: where is the device?
-                    next_seq = self._resume(session, chain, report.last_seq, report.head_after)
-                    decision = dataclasses.replace(decision, next_seq=next_seq)
                 if isinstance(decision, Gap):
                     raise ReportGapError(
                         f"usage report (seq {report.first_seq}..{report.last_seq}) not stored: {decision.detail}",
@@ -789,10 +785,11 @@ class LicenseService:
             revoked=revoked,
         )
 
-    def _duplicate(self, session: Session, stored: UsageReportRow) -> DuplicateReportError:
-        chain = session.get(LicenseChainRow, stored.chain_id)
-        assert chain is not None
-        next_seq = self._resume(session, chain, stored.last_seq, stored.head_after)
+    @staticmethod
+    def _duplicate(stored: UsageReportRow) -> DuplicateReportError:
+        # the device goes on right after the report: its chain holds those entries, and nothing more
+        # is known of it (reconcile.resume_after)
+        next_seq = stored.last_seq + 1
         return DuplicateReportError(
             f"usage report {stored.digest} (seq {stored.first_seq}..{stored.last_seq}) was already accepted "
             f"(report {stored.id}); it is not counted again",
@@ -820,16 +817,6 @@ class LicenseService:
         with self._sessions() as session:
             session.add(_flag_row(device_id, chain_id, model, flag, report_id, self._clock()))
             session.commit()
-
-    def _resume(self, session: Session, chain: LicenseChainRow, seq: int, hash: str) -> int:
-        """:func:`resume_after` for the stored entry ``(seq, hash)``. An entry of the current branch
-        number at or below the head is on the current branch (one branch number is one path): the
-        current next seq, without loading the chain from ``seq`` on."""
-        E = UsageEntryRow
-        branch = session.scalar(select(E.branch).where(E.chain_id == chain.id, E.seq == seq, E.hash == hash))
-        if branch == chain.current_branch and chain.head_seq is not None and seq <= chain.head_seq:
-            return _next_seq(chain)
-        return resume_after(self._snapshot(session, chain, (seq, None), ()), seq, hash)
 
     # --- loading what reconcile needs ---------------------------------------------------------------
     def _snapshot(

@@ -26,7 +26,10 @@ checked the links inside the report, :class:`~tinymlops.spec.usage_report.UsageR
    again, and from 0 every report links. A chain must be reported from seq 0.
 2. *Overlap.* Leading entries already stored (same seq and hash, so the same predecessor) are
    resends and are skipped. A report with nothing new is accepted as a ``replay`` (info); its answer
-   ``next_seq`` is the position of the branch the report is on (see :func:`resume_after`).
+   ``next_seq`` is ``last_seq + 1`` (:func:`resume_after`): the device showed that its chain holds the
+   stored entries up to there, and nothing of what follows — it may be a copy whose chain leaves the
+   stored one further on, and a position past what it showed would not link (a gap sends it back, and
+   the fork would never be reported).
 3. *Where the new entries go.* If the entry they follow already has other children, the report
    forks the stored chain there: a ``rollback`` (alert) — the device restored an older copy of its
    ledger, or a clone reported — and the new entries start a new branch. If it follows a branch tip
@@ -148,11 +151,9 @@ class ChainSnapshot:
     ``entries`` must hold every stored entry with ``window_start <= seq <= window_end`` on every
     branch, ``window_start`` at most the report's ``first_seq - 1`` (or 0) and ``window_end`` (None:
     no end) at least its ``last_seq + 1``; ``max_seq`` is the highest seq stored (None: nothing, or
-    take it from the window). A report with nothing new is answered with :func:`resume_after` over
-    the window, which needs every entry from its ``last_seq`` on: the caller gives such a report a
-    window without an end (or asks :func:`resume_after` itself). ``fork_below`` is the largest seq below
-    ``window_start`` where the stored chain forks — two stored entries there follow the same entry
-    (None: none). ``licenses`` maps at least the
+    take it from the window). ``fork_below`` is the largest seq below ``window_start`` where the
+    stored chain forks — two stored entries there follow the same entry (None: none). ``licenses``
+    maps at least the
     license ids the report names to what was issued under them (to any device: an id missing here
     was never issued); ``revocations`` the chain's revocations by license id."""
 
@@ -272,29 +273,12 @@ def locate(report: UsageReport, device_id: str, issued: IssuedLicense | None) ->
     return issued.model
 
 
-def resume_after(snapshot: ChainSnapshot, seq: int, hash: str) -> int:
-    """Where a device whose chain holds the stored entry ``(seq, hash)`` should send from next: the
-    current ``next_seq`` if the entry is on the current branch, else one past the last entry reached
-    from it while the stored chain does not branch (the device sends from the first seq where its
-    chain may differ). ``seq`` must be at least ``window_start``."""
-    tree = _Tree(snapshot.entries)
-    if snapshot.head is not None and _on_path(tree, snapshot.head, seq, hash):
-        return snapshot.next_seq
-    while True:
-        kids = tree.kids(seq, hash)
-        if len(kids) != 1:
-            return seq + 1
-        seq, hash = kids[0].key
-
-
-def _on_path(tree: _Tree, head: tuple[int, str], seq: int, hash: str) -> bool:
-    """Whether ``(seq, hash)`` is ``head`` or one of its ancestors (walking the snapshot's window)."""
-    if head[0] < seq:
-        return False
-    node = tree.by_key.get(head)
-    while node is not None and node.seq > seq:
-        node = tree.by_key.get((node.seq - 1, node.entry.prev_hash))
-    return node is not None and node.key == (seq, hash)
+def resume_after(report: UsageReport) -> int:
+    """Where a device should send from after a report whose entries the server holds already (a
+    replay): right after them. The report shows that the device's chain holds the stored entries up
+    to ``last_seq``; what follows on the device may be anything — the stored chain's next entries, or
+    a fork (a restored or cloned ledger) that only a report from there can show."""
+    return report.last_seq + 1
 
 
 def reconcile(snapshot: ChainSnapshot, report: UsageReport) -> Decision:
@@ -342,7 +326,7 @@ def reconcile(snapshot: ChainSnapshot, report: UsageReport) -> Decision:
             head=snapshot.head,
             current_branch=snapshot.current_branch,
             branches=snapshot.branches,
-            next_seq=resume_after(snapshot, report.last_seq, report.head_after),
+            next_seq=resume_after(report),
             flags=(
                 Flag(
                     "replay",
