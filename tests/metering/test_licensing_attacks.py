@@ -69,7 +69,8 @@ def _used(service, device: MeteredDevice) -> int:  # type: ignore[no-untyped-def
 
 
 def _kinds(service, device: MeteredDevice) -> list[str]:  # type: ignore[no-untyped-def]
-    return [f.kind for f in reversed(service.audit(device_id=device.id))]
+    """The device's flags, oldest first, each as many times as it was raised."""
+    return [f.kind for f in reversed(service.audit(device_id=device.id)) for _ in range(f.repeats)]
 
 
 # --- a restored ledger -----------------------------------------------------------------------------
@@ -208,8 +209,9 @@ def test_edited_counts_re_signed_by_the_device_are_refused_and_flagged_tamper(pl
         device.post(_signed(device, rehashed))
     assert exc.value.details["flag"] == "tamper" and exc.value.details["reason"] == "counts"
     flags = service.audit(device_id=device.id)
-    assert [f.kind for f in flags] == ["tamper"] * 3
-    assert flags[0].model == MODEL and flags[0].seq == 0 and flags[2].model is None
+    # the two that do not parse are not tied to a chain: one row, raised twice; the third is on the chain
+    assert [(f.kind, f.repeats) for f in flags] == [("tamper", 1), ("tamper", 2)]
+    assert flags[0].model == MODEL and flags[0].seq == 0 and flags[1].model is None
     [chain] = service.chains(device_id=device.id)
     assert (chain.reserved, chain.next_seq, chain.reports) == (0, 0, 0)  # nothing of them stored
     assert isinstance(device.send(0), ReportResult) and _used(service, device) == 20  # the honest one still is
@@ -366,3 +368,52 @@ def test_bad_bodies_and_headers(plane, tmp_path) -> None:  # type: ignore[no-unt
     assert _kinds(service, device) == ["tamper", "tamper"]
     assert service.audit(kind="tamper", license_id=device.meter.current_license_id) == []  # not tied to the chain
     device.close()
+
+
+# --- flooding the flags table --------------------------------------------------------------------------
+def test_a_device_repeating_refused_or_replayed_reports_adds_no_row_per_report(plane, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Each refused report (bad signature, junk, a forged entry, another device's license) and each
+    replay is the device's signed word and is flagged — but as one row per (device, chain, kind)
+    that counts its repeats, so a device cannot fill the flags table; after the coalescing window a
+    new row starts (the operator sees each episode)."""
+    _, service, _, clock = plane
+    device = _licensed(plane, tmp_path)
+    other = _licensed(plane, tmp_path, "other")
+    device.serve(8)
+    good = device.report(0)
+    device.post(good)
+    theirs = service.list(device_id=other.id)[0]
+    head = _entries(device)[-1]
+    stolen = link(
+        [("license", theirs.license_id, theirs.queries, "00" * 32), ("reserve", theirs.license_id, 4)],
+        start=head.seq + 1,
+        prev=head.hash,
+        at=head.at,
+    )
+    refused = {
+        "signature": lambda i: service.ingest_report(device.record, good.data, f"{i:0128x}"),
+        "junk": lambda i: service.ingest_report(
+            device.record, b"[%d]" % i, sign(device.keys.signing, USAGE_REPORT_DOMAIN + b"[%d]" % i).hex()
+        ),
+        "stolen": lambda i: device.post(_signed(device, stolen)),
+        "replay": lambda i: device.post(good),
+    }
+    for _ in range(25):
+        clock.now += 1
+        for send in refused.values():
+            with pytest.raises((SignatureError, SpecError, LicenseError, DuplicateReportError)):
+                send(_)
+    flags = service.audit(device_id=device.id, limit=1000)
+    assert len(flags) == 3, f"{len(flags)} rows for 100 refused or replayed reports"
+    assert sorted((f.kind, f.repeats) for f in flags) == [("clone", 25), ("replay", 25), ("tamper", 50)], flags
+    tamper = next(f for f in flags if f.kind == "tamper")
+    assert (tamper.created_at, tamper.last_at) == (T0 + 1, T0 + 25)
+    assert service.get(theirs.license_id).alerts == 1  # the owner's chain: one clone episode
+    clock.now += 3601  # a new episode: a new row
+    with pytest.raises(DuplicateReportError):
+        device.post(good)
+    replays = service.audit(device_id=device.id, kind="replay")
+    assert [f.repeats for f in replays] == [1, 25]
+    assert [f.to_dict()["repeats"] for f in replays] == [1, 25]
+    device.close()
+    other.close()

@@ -111,7 +111,10 @@ def test_a_license_goes_to_the_device_and_its_usage_comes_back(
     assert err["digest"] == accepted["digest"]
     assert plane.admin.get(f"/v1/licenses/{lic['license_id']}").json()["chain_used"] == 12
     replays = plane.admin.get("/v1/licensing/audit", params={"kind": "replay"}).json()
-    assert [(f["severity"], f["device_id"]) for f in replays] == [("info", client.device_id)]
+    assert [(f["severity"], f["device_id"], f["repeats"]) for f in replays] == [("info", client.device_id, 1)]
+    assert post_report(client, report).status == 409  # once more: counted on the same flag
+    replays = plane.admin.get("/v1/licensing/audit", params={"kind": "replay"}).json()
+    assert [f["repeats"] for f in replays] == [2] and replays[0]["last_at"] >= replays[0]["created_at"]
 
 
 def _error(response: Any) -> dict[str, Any]:

@@ -145,12 +145,15 @@ def _flag_rows(flags: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
     t = Table(title=f"flags ({len(flags)})", header_style="bold", title_justify="left")
-    for col in ("id", "when", "severity", "kind", "device", "model", "license", "seq", "report", "detail"):
+    for col in ("id", "first", "times", "last", "severity", "kind", "device", "model", "license", "seq", "report"):
         t.add_column(col, overflow="fold")
+    t.add_column("detail", overflow="fold")
     for f in flags:
         t.add_row(
             str(f["id"]),
             _when(f["created_at"]),
+            str(f["repeats"]),
+            _when(f["last_at"]) if f["repeats"] > 1 else "-",
             f["severity"],
             f["kind"],
             f["device_id"],

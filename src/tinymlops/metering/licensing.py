@@ -113,6 +113,9 @@ _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 _HEX16 = re.compile(r"^[0-9a-f]{16}$")
 _SIG_HEX = re.compile(r"^[0-9a-f]{128}$")
 MAX_AUDIT_LIMIT = 1000
+#: a flag raised again by the same device on the same chain (of the same kind) within this many
+#: seconds of its last raising is counted on the stored row (``repeats``), not added as a new one
+FLAG_COALESCE_S = 3600.0
 
 #: a license's status: the chain's latest (``active``), followed by a top-up (``superseded``), or
 #: named by a revocation (``revoked``)
@@ -245,7 +248,9 @@ class ReportResult:
 @dataclass(frozen=True)
 class FlagView:
     """One stored flag (``model``/``license_id``/``seq``/``report_id`` None when the report that raised
-    it could not be tied to them: a bad signature, a body that does not parse)."""
+    it could not be tied to them: a bad signature, a body that does not parse). ``detail``, ``seq``
+    and ``report_id`` are the first raising's; ``repeats`` counts the raisings coalesced into it (the
+    same kind, device and chain within :data:`FLAG_COALESCE_S` of the last), ``last_at`` the last."""
 
     id: int
     device_id: str
@@ -257,6 +262,8 @@ class FlagView:
     detail: str
     report_id: int | None
     created_at: float
+    repeats: int
+    last_at: float
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -758,7 +765,8 @@ class LicenseService:
         if decision.new:
             session.execute(insert(UsageEntryRow), [_entry_values(chain.id, row.id, s) for s in decision.new])
         for flag in decision.flags:
-            session.add(_flag_row(device_id, chain.id, chain.model, flag, row.id, now))
+            # a replay adds nothing to the chain: repeated, it is counted on one row
+            _record_flag(session, device_id, chain.id, chain.model, flag, row.id, now, coalesce=flag.kind == "replay")
         if decision.head is not None and decision.new:
             head = decision.new[-1]
             chain.head_seq, chain.head_hash = decision.head
@@ -813,9 +821,12 @@ class LicenseService:
     def _flag_alone(
         self, device_id: str, chain_id: int | None, flag: Flag, model: str | None, *, report_id: int | None = None
     ) -> None:
-        """Record a flag in a transaction of its own (the report that raised it is refused)."""
+        """Record a flag in a transaction of its own (the report that raised it is refused), coalesced
+        with the same device's last flag of its kind on the chain (one device's flags are written one
+        at a time: the device's row is written first)."""
         with self._sessions() as session:
-            session.add(_flag_row(device_id, chain_id, model, flag, report_id, self._clock()))
+            self._lock_device(session, device_id)
+            _record_flag(session, device_id, chain_id, model, flag, report_id, self._clock(), coalesce=True)
             session.commit()
 
     # --- loading what reconcile needs ---------------------------------------------------------------
@@ -1056,20 +1067,47 @@ def _entry_values(chain_id: int, report_id: int, stored: StoredEntry) -> dict[st
     }
 
 
-def _flag_row(
-    device_id: str, chain_id: int | None, model: str | None, flag: Flag, report_id: int | None, now: float
-) -> LicensingFlagRow:
-    return LicensingFlagRow(
-        chain_id=chain_id,
-        device_id=device_id,
-        model=model,
-        license_id=flag.license_id,
-        kind=flag.kind,
-        severity=flag.severity,
-        seq=flag.seq,
-        detail=flag.detail,
-        report_id=report_id,
-        created_at=now,
+def _record_flag(
+    session: Session,
+    device_id: str,
+    chain_id: int | None,
+    model: str | None,
+    flag: Flag,
+    report_id: int | None,
+    now: float,
+    *,
+    coalesce: bool,
+) -> None:
+    """Store ``flag``; with ``coalesce``, count it on the device's last flag of the same kind on the
+    same chain when that one was last raised within :data:`FLAG_COALESCE_S`."""
+    F = LicensingFlagRow
+    if coalesce:
+        same_chain = F.chain_id.is_(None) if chain_id is None else F.chain_id == chain_id
+        last = session.scalar(
+            select(F)
+            .where(F.device_id == device_id, same_chain, F.kind == flag.kind, F.last_at >= now - FLAG_COALESCE_S)
+            .order_by(F.id.desc())
+            .limit(1)
+        )
+        if last is not None:
+            last.repeats += 1
+            last.last_at = max(last.last_at, now)
+            return
+    session.add(
+        F(
+            chain_id=chain_id,
+            device_id=device_id,
+            model=model,
+            license_id=flag.license_id,
+            kind=flag.kind,
+            severity=flag.severity,
+            seq=flag.seq,
+            detail=flag.detail,
+            report_id=report_id,
+            created_at=now,
+            repeats=1,
+            last_at=now,
+        )
     )
 
 
@@ -1085,6 +1123,8 @@ def _flag_view(row: LicensingFlagRow) -> FlagView:
         detail=row.detail,
         report_id=row.report_id,
         created_at=row.created_at,
+        repeats=row.repeats,
+        last_at=row.last_at,
     )
 
 

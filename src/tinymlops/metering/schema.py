@@ -13,7 +13,10 @@
                          replayed report is counted once)
 ``usage_entries``        every distinct ledger entry reported, by (chain, seq, hash) — both branches
                          of a fork — with the branch number and the branch's totals up to it
-``licensing_flags``      what reconciliation raised (kind, severity, seq, detail, the report)
+``licensing_flags``      what reconciliation raised (kind, severity, seq, detail, the report); a
+                         flag raised again by the same device on the same chain within the
+                         coalescing window is counted on its row (``repeats``, ``last_at``), not
+                         added: a device repeating a refused or replayed report cannot fill the table
 
 Times the server sets are epoch seconds (floats, the service's clock); times from licenses and
 ledger entries are the integers they carry. Server side (SQLAlchemy): the edge closure never imports
@@ -176,7 +179,9 @@ class LicensingFlagRow(Base):
     seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     detail: Mapped[str] = mapped_column(Text)
     report_id: Mapped[int | None] = mapped_column(ForeignKey("usage_reports.id", ondelete="SET NULL"), nullable=True)
-    created_at: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[float] = mapped_column(Float)  # the first time it was raised
+    repeats: Mapped[int] = mapped_column(Integer, default=1)  # times raised (coalesced into this row)
+    last_at: Mapped[float] = mapped_column(Float)  # the last time it was raised
 
 
 __all__ = [

@@ -113,12 +113,15 @@ def flags_table(flags: list[FlagRow], table_id: str = "flags") -> str:
         f'<td class="num seq">{"–" if f.seq is None else f.seq}</td>'
         f'<td class="num report">{"–" if f.report_id is None else f.report_id}</td>'
         f'<td class="created-at">{esc(when(f.created_at))}</td>'
+        f'<td class="num repeats">{f.repeats}</td>'
+        f'<td class="last-at">{esc(when(f.last_at)) if f.repeats > 1 else "–"}</td>'
         f'<td class="detail">{esc(f.detail)}</td></tr>'
         for f in flags
     )
     return (
         f'<table id="{esc(table_id)}" class="flags"><thead><tr><th>severity</th><th>kind</th><th>device</th>'
-        "<th>model</th><th>license</th><th>seq</th><th>report</th><th>when</th><th>detail</th></tr></thead>"
+        "<th>model</th><th>license</th><th>seq</th><th>report</th><th>first</th><th>times</th><th>last</th>"
+        "<th>detail</th></tr></thead>"
         f"<tbody>{rows}</tbody></table>"
     )
 

@@ -94,7 +94,9 @@ class FlagRow:
     seq: int | None
     detail: str
     report_id: int | None
-    created_at: datetime
+    created_at: datetime  # the first raising
+    repeats: int  # times raised (coalesced into this row)
+    last_at: datetime  # the last raising
 
     @property
     def highlight(self) -> bool:
@@ -114,6 +116,8 @@ class FlagRow:
             detail=doc["detail"],
             report_id=doc["report_id"],
             created_at=datetime.fromtimestamp(doc["created_at"], UTC),
+            repeats=doc["repeats"],
+            last_at=datetime.fromtimestamp(doc["last_at"], UTC),
         )
 
 

@@ -204,9 +204,14 @@ class FlagOut(BaseModel):
     kind: str = Field(description="rollback, clone, tamper, revoked-use, replay, …")
     severity: Literal["alert", "info"]
     seq: int | None
-    detail: str
+    detail: str = Field(description="What the first raising found.")
     report_id: int | None
-    created_at: float
+    created_at: float = Field(description="The first raising (seconds since the epoch).")
+    repeats: int = Field(
+        description="Times raised: the same kind again from the same device on the same chain within an hour of "
+        "the last raising is counted here, not listed again."
+    )
+    last_at: float = Field(description="The last raising (seconds since the epoch).")
 
 
 class LicenseDetailOut(LicenseOut):

@@ -123,6 +123,8 @@ def upgrade() -> None:
         sa.Column("detail", sa.Text(), nullable=False),
         sa.Column("report_id", sa.Integer(), nullable=True),
         sa.Column("created_at", sa.Float(), nullable=False),
+        sa.Column("repeats", sa.Integer(), nullable=False),
+        sa.Column("last_at", sa.Float(), nullable=False),
         sa.ForeignKeyConstraint(["chain_id"], ["license_chains.id"], ondelete="CASCADE"),
         sa.ForeignKeyConstraint(["device_id"], ["devices.id"], ondelete="CASCADE"),
         sa.ForeignKeyConstraint(["report_id"], ["usage_reports.id"], ondelete="SET NULL"),
