@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import select
 
 from licensing_world import DAY, MODEL, MeteredDevice, licensing
 from metering_world import T0
@@ -30,6 +31,7 @@ from tinymlops.errors import (
 )
 from tinymlops.metering.license_signing import USAGE_REPORT_DOMAIN, SignedUsageReport
 from tinymlops.metering.licensing import ReportResult
+from tinymlops.metering.schema import UsageReportRow
 from tinymlops.spec.license import License
 from tinymlops.spec.usage_report import MAX_REPORT_BYTES, UsageReport
 
@@ -303,6 +305,31 @@ def test_a_replayed_report_is_a_409_counted_once_and_an_info_flag(plane, tmp_pat
     [flag] = service.audit(device_id=device.id)
     assert (flag.kind, flag.severity, flag.seq) == ("replay", "info", 0)
     assert service.chains(device_id=device.id)[0].alerts == 0
+    device.close()
+
+
+def test_a_report_of_entries_already_stored_does_not_store_them_again(plane, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A replay rebuilt with another created_at (another digest) is accepted as a 201 replay — but its
+    bytes repeat entries whose signed words are kept already: its row keeps no body, so resending a
+    long chain (a forked device walked back from 0 sends it again chunk by chunk) stores nothing
+    twice. Its digest is kept: the same bytes again are a 409."""
+    ws, service, _, clock = plane
+    device = _licensed(plane, tmp_path)
+    device.serve(64)  # 17 entries
+    first = device.report(0)
+    device.post(first)
+    clock.now += 1
+    again = device.report(0)
+    assert again.data != first.data
+    result = device.post(again)
+    assert [f.kind for f in result.flags] == ["replay"] and result.next_seq == 17
+    with ws.engine.connect() as conn:
+        bodies = dict(conn.execute(select(UsageReportRow.id, UsageReportRow.body)).all())
+    assert len(bodies) == 2 and bytes(bodies[result.report_id]) == b""
+    assert bytes(bodies[min(bodies)]) == first.data  # the report that brought the entries keeps its bytes
+    with pytest.raises(DuplicateReportError):
+        device.post(again)
+    assert _used(service, device) == 64
     device.close()
 
 

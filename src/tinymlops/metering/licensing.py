@@ -758,7 +758,8 @@ class LicenseService:
             created_at=report.created_at,
             received_at=now,
             signature=signature_hex,
-            body=report.to_bytes(),
+            # a report with nothing new repeats entries whose signed words earlier reports keep
+            body=report.to_bytes() if decision.new else b"",
         )
         session.add(row)
         session.flush()

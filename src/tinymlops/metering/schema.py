@@ -9,8 +9,9 @@
 ``license_revocations``  the signed revocation of a chain's latest license, and when it was first
                          delivered to the device (``revoked-use`` is judged from then)
 ``usage_reports``        every usage report accepted: its range, heads, counts, the device's
-                         signature and the exact bytes it covers (unique digest per device: a
-                         replayed report is counted once)
+                         signature and the exact bytes it covers — empty for a report that brought
+                         no new entry (a replay: the entries' signed words are in the reports that
+                         brought them) — (unique digest per device: a replayed report is counted once)
 ``usage_entries``        every distinct ledger entry reported, by (chain, seq, hash) — both branches
                          of a fork — with the branch number and the branch's totals up to it
 ``licensing_flags``      what reconciliation raised (kind, severity, seq, detail, the report); a
@@ -133,7 +134,7 @@ class UsageReportRow(Base):
     created_at: Mapped[int] = mapped_column(BigInteger)  # the device's clock
     received_at: Mapped[float] = mapped_column(Float)
     signature: Mapped[str] = mapped_column(String(128))  # hex Ed25519 over USAGE_REPORT_DOMAIN + body
-    body: Mapped[bytes] = mapped_column(LargeBinary)
+    body: Mapped[bytes] = mapped_column(LargeBinary)  # b"": no new entry (a replay)
 
 
 class UsageEntryRow(Base):
