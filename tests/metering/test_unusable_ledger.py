@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from metering_world import Clock, Issuer
 from tinymlops.edge.middleware import PolicyContext, Request, Response, build_chain, compose
-from tinymlops.errors import LedgerTamperedError, LedgerUnusableError, MeteringRefusedError
+from tinymlops.errors import LedgerTamperedError, LedgerUnusableError, MeteringRefusedError, StoreError
 from tinymlops.metering import MeteringHost, metering_bound
 from tinymlops.metering.meter import LEDGER_SUFFIX
 
@@ -70,3 +70,35 @@ def test_a_tampered_ledger_opens_a_refusing_runtime_and_the_host_remembers_it(ho
     host.close()  # ... until it is closed (an agent restart)
     assert host.broken == {} and host.meter("tiny").remaining == 8  # the block of 2 is lost, as at any restart
     host.close()
+
+
+def test_one_meter_per_ledger_file_and_a_runtime_waiting_for_it_debits_once_it_is_free(host_world) -> None:
+    """Two meters over one file would each hold their own idea of the chain: a license one installs is
+    not seen by the other (it refused 'no license' before), and the stale one's next reservation clashes
+    with the other's. The second opener is refused, naming the ledger; a metered runtime opened while
+    another holds it refuses its calls until it is free, then debits the ledger itself."""
+    issuer, device, new_host, path = host_world
+    holder = new_host()
+    meter = holder.meter("tiny")
+    other = new_host()  # another host over the same directory (or another process)
+    with pytest.raises(StoreError, match="in use by another meter") as info:
+        other.meter("tiny")
+    assert str(path) in info.value.message
+    with metering_bound(other):
+        (mw,) = build_chain(POLICY, context=CTX)
+    predict = compose([mw], lambda r: Response(outputs={}))
+    meter.install(issuer.signed(device, queries=10))
+    with pytest.raises(LedgerUnusableError) as refused:
+        predict(Request(np.zeros(1)))
+    assert (
+        refused.value.details["reason"] == "ledger-unavailable" and "in use by another meter" in refused.value.message
+    )
+    assert other.broken == {}  # not remembered: tried again at the next call
+    holder.close()
+    predict(Request(np.zeros(1)))
+    predict(Request(np.zeros(1)))
+    assert other.meter("tiny").remaining == 8 and other.meter("tiny").block == 2  # the license, the policy's block
+    other.close()
+    reopened = new_host()
+    assert reopened.meter("tiny").remaining == 8  # the lock went with the closed meter
+    reopened.close()

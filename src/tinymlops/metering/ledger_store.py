@@ -5,6 +5,13 @@ before :meth:`LedgerStore.append` returns, so before the calls it allows run). E
 transaction holding the entry and, for a license entry, the signed license it installs — for a
 revoke entry, the issuer's signed revocation it writes.
 
+One store per file at a time: an open store holds an exclusive ``flock`` on ``<ledger>.lock``, and a
+second open — another host over the same directory, another process — is refused with
+:class:`~tinymlops.errors.StoreError` naming the ledger. (Two stores would each replay the chain into
+their own :class:`~tinymlops.metering.ledger.Ledger`: a license installed through one would not exist
+for the other, and the stale one's next reservation would clash with the other's.) Closing the store,
+or the process ending, releases it.
+
 On :meth:`LedgerStore.open` every row is parsed strictly, its stored hash recomputed, every license
 and revocation signature verified again with the trusted issuer keys, and the whole chain replayed
 through the pure :class:`~tinymlops.metering.ledger.Ledger`. Any failure — an edited row, a deleted
@@ -41,6 +48,7 @@ up against the licenses issued).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import sqlite3
 from collections.abc import Iterable
@@ -62,6 +70,8 @@ from tinymlops.spec.license import License, Revocation
 from tinymlops.spec.usage_report import GENESIS_HASH, LedgerEntry
 
 COUNTER_SUFFIX = ".counter"
+#: the lock file beside a ledger, held while a store has it open
+LOCK_SUFFIX = ".lock"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -126,11 +136,19 @@ class FileCounter:
 class LedgerStore:
     """The ledger of one model on one device, in one SQLite file (see the module doc)."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path, ledger: Ledger, counter: MonotonicCounter | None) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        path: Path,
+        ledger: Ledger,
+        counter: MonotonicCounter | None,
+        lock_fd: int | None = None,
+    ) -> None:
         self._conn = conn
         self.path = path
         self.ledger = ledger
         self.counter = counter
+        self._lock_fd = lock_fd
 
     @classmethod
     def open(
@@ -146,33 +164,37 @@ class LedgerStore:
         replayed :attr:`ledger`. ``counter`` (None: no rollback check) is checked against the chain."""
         path = Path(path)
         trusted = list(trusted_issuer_keys)
-        fresh = not path.exists()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if fresh and counter is not None:
-            state = counter.read()
-            if state is not None and state[0] >= 0:
-                raise LedgerTamperedError(
-                    f"ledger {path} is missing, but the monotonic counter says it held {state[0] + 1} entries: "
-                    "it was deleted; re-license the device",
-                    reason="rollback",
-                )
-            if state is None:
-                counter.advance(-1, GENESIS_HASH)  # exists before the first entry can
+        lock_fd = _lock(path)
         try:
-            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the usage ledger {path}: {exc}") from exc
-        try:
-            ledger, entries = cls._load(conn, path, device_id, model, trusted)
-            if counter is not None:
-                cls._check_counter(counter, entries, ledger, path)
+            fresh = not path.exists()
+            if fresh and counter is not None:
+                state = counter.read()
+                if state is not None and state[0] >= 0:
+                    raise LedgerTamperedError(
+                        f"ledger {path} is missing, but the monotonic counter says it held {state[0] + 1} entries: "
+                        "it was deleted; re-license the device",
+                        reason="rollback",
+                    )
+                if state is None:
+                    counter.advance(-1, GENESIS_HASH)  # exists before the first entry can
+            try:
+                conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.executescript(_SCHEMA)
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot open the usage ledger {path}: {exc}") from exc
+            try:
+                ledger, entries = cls._load(conn, path, device_id, model, trusted)
+                if counter is not None:
+                    cls._check_counter(counter, entries, ledger, path)
+            except BaseException:
+                conn.close()
+                raise
         except BaseException:
-            conn.close()
+            os.close(lock_fd)
             raise
-        return cls(conn, path, ledger, counter)
+        return cls(conn, path, ledger, counter, lock_fd)
 
     @staticmethod
     def _load(
@@ -318,6 +340,28 @@ class LedgerStore:
         with contextlib.suppress(sqlite3.Error):
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._conn.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock: another store may open the ledger now
+            self._lock_fd = None
+
+
+def _lock(path: Path) -> int:
+    """Create the ledger's directory and take its lock file (see the module doc); the open descriptor."""
+    lock_path = path.with_name(path.name + LOCK_SUFFIX)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StoreError(f"cannot open the usage ledger {path}: {exc.strerror or exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise StoreError(
+            f"usage ledger {path} is in use by another meter (another MeteringHost over the same directory, or "
+            "another process): one meter per ledger file"
+        ) from None
+    return fd
 
 
 def default_counter(ledger_path: Path | str) -> FileCounter:
@@ -326,4 +370,4 @@ def default_counter(ledger_path: Path | str) -> FileCounter:
     return FileCounter(p.with_name(p.name + COUNTER_SUFFIX))
 
 
-__all__ = ["COUNTER_SUFFIX", "FileCounter", "LedgerStore", "MonotonicCounter", "default_counter"]
+__all__ = ["COUNTER_SUFFIX", "LOCK_SUFFIX", "FileCounter", "LedgerStore", "MonotonicCounter", "default_counter"]
