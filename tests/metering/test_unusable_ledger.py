@@ -4,6 +4,7 @@ verify until it is closed, and a middleware whose ledger becomes usable debits i
 
 from __future__ import annotations
 
+import gc
 import sqlite3
 from pathlib import Path
 
@@ -102,3 +103,14 @@ def test_one_meter_per_ledger_file_and_a_runtime_waiting_for_it_debits_once_it_i
     reopened = new_host()
     assert reopened.meter("tiny").remaining == 8  # the lock went with the closed meter
     reopened.close()
+
+
+def test_a_store_nobody_closed_lets_go_of_the_ledger_when_it_is_collected(host_world) -> None:
+    issuer, device, new_host, _path = host_world
+    forgotten = new_host()
+    forgotten.meter("tiny").install(issuer.signed(device, queries=3))
+    del forgotten  # e.g. a Connection dropped without closing its agent
+    gc.collect()
+    host = new_host()
+    assert host.meter("tiny").remaining == 3
+    host.close()

@@ -53,7 +53,7 @@ import os
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import IO, Protocol, runtime_checkable
 
 from tinymlops.crypto.signing import TrustedKey
 from tinymlops.errors import (
@@ -142,13 +142,13 @@ class LedgerStore:
         path: Path,
         ledger: Ledger,
         counter: MonotonicCounter | None,
-        lock_fd: int | None = None,
+        lock: IO[bytes] | None = None,
     ) -> None:
         self._conn = conn
         self.path = path
         self.ledger = ledger
         self.counter = counter
-        self._lock_fd = lock_fd
+        self._lock = lock
 
     @classmethod
     def open(
@@ -164,7 +164,7 @@ class LedgerStore:
         replayed :attr:`ledger`. ``counter`` (None: no rollback check) is checked against the chain."""
         path = Path(path)
         trusted = list(trusted_issuer_keys)
-        lock_fd = _lock(path)
+        lock = _lock(path)
         try:
             fresh = not path.exists()
             if fresh and counter is not None:
@@ -192,9 +192,9 @@ class LedgerStore:
                 conn.close()
                 raise
         except BaseException:
-            os.close(lock_fd)
+            lock.close()
             raise
-        return cls(conn, path, ledger, counter, lock_fd)
+        return cls(conn, path, ledger, counter, lock)
 
     @staticmethod
     def _load(
@@ -340,28 +340,29 @@ class LedgerStore:
         with contextlib.suppress(sqlite3.Error):
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._conn.close()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # releases the flock: another store may open the ledger now
-            self._lock_fd = None
+        if self._lock is not None:
+            self._lock.close()  # releases the flock: another store may open the ledger now
+            self._lock = None
 
 
-def _lock(path: Path) -> int:
-    """Create the ledger's directory and take its lock file (see the module doc); the open descriptor."""
+def _lock(path: Path) -> IO[bytes]:
+    """Create the ledger's directory and take its lock file (see the module doc). The open file holds
+    the lock: closed (or garbage-collected with a store nobody closed), it releases it."""
     lock_path = path.with_name(path.name + LOCK_SUFFIX)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        fh = open(lock_path, "ab")  # noqa: SIM115 - held open for the store's life
     except OSError as exc:
         raise StoreError(f"cannot open the usage ledger {path}: {exc.strerror or exc}") from exc
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        os.close(fd)
+        fh.close()
         raise StoreError(
             f"usage ledger {path} is in use by another meter (another MeteringHost over the same directory, or "
             "another process): one meter per ledger file"
         ) from None
-    return fd
+    return fh
 
 
 def default_counter(ledger_path: Path | str) -> FileCounter:
