@@ -33,6 +33,8 @@ Hooks let a test play a broken network or server:
   status and body; :meth:`LicensingServer.answer_raw` — with fixed bytes written to the socket as they
   are (a truncated body, a status line that is not HTTP …), then the connection is closed;
 * :attr:`LicensingServer.down` — while True every connection is dropped unanswered (server down);
+* :attr:`LicensingServer.max_body_bytes` — a request body larger is answered ``413
+  PayloadTooLargeError`` before anything else, as the real server's body limit does (None: no limit);
 * :attr:`LicensingServer.hide_chains` — GET answers without ``chains`` (the device must go by what it
   remembers); :meth:`LicensingServer.forget` — drop the stored entries of a chain from a seq on (the
   server lost them: the device's next report starts past the head);
@@ -154,6 +156,7 @@ class LicensingServer:
         self.extra_revocations: list[dict[str, Any]] = []
         self.down = False
         self.hide_chains = False
+        self.max_body_bytes: int | None = None
         self._digests: dict[tuple[str, str], Chain] = {}
         self._nonces: set[tuple[str, str]] = set()
         self._lose = 0
@@ -308,6 +311,11 @@ class LicensingServer:
                             server._canned = None
                     else:
                         canned = None
+                limit = server.max_body_bytes
+                if canned is None and limit is not None and len(body) > limit:
+                    return self._reply(
+                        413, _error(413, "PayloadTooLargeError", f"request body exceeds the limit of {limit} bytes")[1]
+                    )
                 if canned is not None and canned.raw is not None:
                     self.wfile.write(canned.raw)
                     self.wfile.flush()

@@ -282,6 +282,40 @@ def test_a_long_ledger_goes_in_chunks(tmp_path: Path, metered_bundles: MeteredBu
         dev.close()
 
 
+def test_a_413_shrinks_the_reports_instead_of_stalling(device: Device) -> None:
+    """A report of 4096 entries is ~0.9 MB, close to the server's default 1 MiB body limit (past it with
+    large counts); a server with a lower limit answered 413 to every report before, so a device behind on
+    its reports never caught up. A 413 now halves the entries per report and sends again, in the same sync."""
+    installed(device, 1000)
+    device.server.max_body_bytes = 1500  # an operator's limit: ~5 entries a report
+    device.serve(4 * 30)
+    outcome = device.cycle()
+    assert outcome.ok and outcome.reported == 30, outcome.errors
+    assert 413 in device.server.statuses(USAGE_PATH)
+    device.assert_server_has_the_whole_chain()
+    device.server.max_body_bytes = 200  # not even one entry fits: a clear error, nothing lost
+    device.serve(4)
+    outcome = device.cycle()
+    assert outcome.reports == 0 and any("PayloadTooLargeError" in e for e in outcome.errors), outcome.errors
+    device.server.max_body_bytes = None
+    assert device.cycle().reported == 1
+    device.assert_server_has_the_whole_chain()
+
+
+def test_reports_are_cut_to_the_byte_cap(tmp_path: Path, metered_bundles: MeteredBundles, server) -> None:
+    dev = Device(tmp_path, metered_bundles, server, max_report_bytes=4096)
+    try:
+        installed(dev, 1000)
+        dev.serve(4 * 40)
+        outcome = dev.cycle()
+        assert outcome.ok and outcome.reported == 40
+        sizes = [len(body) for path, body in server.received if path == USAGE_PATH]
+        assert max(sizes) <= 4096 and len(sizes) >= 3
+        dev.assert_server_has_the_whole_chain()
+    finally:
+        dev.close()
+
+
 @pytest.mark.parametrize("with_state", [True, False], ids=["whole-directory", "ledger-and-counter-only"])
 def test_a_restored_ledger_reports_from_where_it_forks_so_the_server_sees_the_rollback(
     tmp_path: Path, metered_bundles: MeteredBundles, server: LicensingServer, with_state: bool

@@ -24,12 +24,16 @@ One sync (:meth:`MeteringSync.sync`):
    server acknowledged to this device (``<state_dir>/metering-sync.json``, written atomically) when
    its head is on this ledger (the server's current branch is another copy's: this one goes on from
    its own, which the server still holds); else 0 (the server sorts out the fork) — in chunks of at
-   most :data:`~tinymlops.spec.usage_report.MAX_REPORT_ENTRIES` entries. The answer decides:
+   most ``max_report_entries`` entries (:data:`~tinymlops.spec.usage_report.MAX_REPORT_ENTRIES`,
+   4096) and ``max_report_bytes`` bytes (:data:`DEFAULT_MAX_REPORT_BYTES`: 4096 entries are ~0.9 MB,
+   too close to the server's default 1 MiB body limit). The answer decides:
 
    * ``201`` — taken: carry on from its ``next_seq``;
    * ``409 DuplicateReportError`` naming this report's digest — already counted (a resend after a
      lost answer): carry on from its ``next_seq``;
    * ``409 ReportGapError`` — a report in between was lost: send again from its ``next_seq``;
+   * ``413`` (the server's body limit is lower) — halve the entries per report (remembered for this
+     model) and send again;
    * any other refusal — stop this model for this cycle (the entries stay in the ledger: nothing is
      ever deleted on the device) and report the error;
    * no answer — stop the sync; the report's exact bytes are sent again first at the next sync (so a
@@ -78,7 +82,7 @@ from tinymlops.metering.license_signing import (
 )
 from tinymlops.metering.meter import Meter, MeteringHost
 from tinymlops.spec.license import MODEL_NAME, License, Revocation
-from tinymlops.spec.usage_report import GENESIS_HASH, MAX_REPORT_ENTRIES, UsageReport
+from tinymlops.spec.usage_report import GENESIS_HASH, MAX_REPORT_BYTES, MAX_REPORT_ENTRIES, UsageReport
 
 log = logging.getLogger("tinymlops.edge.agent.metering")
 
@@ -89,6 +93,10 @@ STATE_FILE = "metering-sync.json"
 STATE_VERSION = 1
 #: reports one model sends at most in one sync, beyond what its ledger needs
 EXTRA_REPORTS = 4
+#: the default byte cap of one usage report (the server's default body limit is 1 MiB)
+DEFAULT_MAX_REPORT_BYTES = 512 * 1024
+#: the smallest byte cap accepted (one entry is at most ~400 bytes; a report's own fields ~500)
+MIN_REPORT_BYTES = 2048
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX128 = re.compile(r"^[0-9a-f]{128}$")
@@ -204,15 +212,21 @@ class MeteringSync:
         state_dir: Path | str,
         *,
         max_report_entries: int = MAX_REPORT_ENTRIES,
+        max_report_bytes: int = DEFAULT_MAX_REPORT_BYTES,
     ) -> None:
-        if isinstance(max_report_entries, bool) or not isinstance(max_report_entries, int):
-            raise UsageError(f"max_report_entries must be an integer, got {max_report_entries!r}")
-        if not 1 <= max_report_entries <= MAX_REPORT_ENTRIES:
-            raise UsageError(f"max_report_entries must be in [1, {MAX_REPORT_ENTRIES}], got {max_report_entries}")
+        for name, value, low, high in (
+            ("max_report_entries", max_report_entries, 1, MAX_REPORT_ENTRIES),
+            ("max_report_bytes", max_report_bytes, MIN_REPORT_BYTES, MAX_REPORT_BYTES),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise UsageError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
         self.host = host
         self.client = client
         self.state_path = Path(state_dir) / STATE_FILE
         self.max_report_entries = max_report_entries
+        self.max_report_bytes = max_report_bytes
+        #: entries per report per model, once a 413 showed the server takes fewer
+        self._limits: dict[str, int] = {}
         self.device_id = key_id(host.device_key)
         #: the last report sent per model whose answer never came: sent again, byte for byte, first
         self._in_flight: dict[str, SignedUsageReport] = {}
@@ -388,8 +402,11 @@ class MeteringSync:
         return 0
 
     def _report_model(self, model: str, meter: Meter, pos: int, run: _Run) -> None:
-        budget = meter.next_seq // self.max_report_entries + EXTRA_REPORTS
-        for _ in range(budget):
+        limit = self._limits.get(model, self.max_report_entries)
+        budget = _reports_for(meter.next_seq - pos, limit) + EXTRA_REPORTS
+        tries = 0
+        while tries < budget:
+            tries += 1
             signed = self._in_flight.get(model)
             if signed is not None:
                 report = UsageReport.from_bytes(signed.data)
@@ -397,10 +414,10 @@ class MeteringSync:
                     self._in_flight.pop(model, None)  # not of this ledger any more (replaced): build anew
                     continue
             else:
-                signed = meter.usage_report(pos, limit=self.max_report_entries)
-                if signed is None:
+                built = self._build(meter, pos, limit)
+                if built is None:
                     return
-                report = UsageReport.from_bytes(signed.data)
+                signed, report = built
                 self._in_flight[model] = signed
             try:
                 answer = self.client.send_usage(signed)
@@ -409,6 +426,12 @@ class MeteringSync:
                 raise _Stop from None
             except ServerRequestError as exc:
                 self._in_flight.pop(model, None)
+                if exc.status == 413 and len(report.entries) > 1:  # the server takes smaller bodies
+                    limit = self._limits[model] = len(report.entries) // 2
+                    budget += _reports_for(meter.next_seq - pos, limit)
+                    log.info("the server refused a %d-byte usage report (413): %d entries a report from now on",
+                             len(signed.data), limit)  # fmt: skip
+                    continue
                 new = self._refused(model, meter, report, signed, exc, run)
                 if new is None:
                     return
@@ -436,6 +459,18 @@ class MeteringSync:
                 run.server_revoked.update((model, r) for r in revoked if isinstance(r, str))
             pos = self._advance(model, meter, new)
         run.error(f"the {model} usage reports", f"stopped after {budget} reports this sync")
+
+    def _build(self, meter: Meter, pos: int, limit: int) -> tuple[SignedUsageReport, UsageReport] | None:
+        """The signed report from ``pos`` of at most ``limit`` entries, cut to :attr:`max_report_bytes`."""
+        while True:
+            signed = meter.usage_report(pos, limit=limit)
+            if signed is None:
+                return None
+            report = UsageReport.from_bytes(signed.data)
+            n = len(report.entries)
+            if len(signed.data) <= self.max_report_bytes or n == 1:
+                return signed, report
+            limit = max(1, min(n - 1, n * self.max_report_bytes // len(signed.data)))
 
     def _refused(
         self,
@@ -468,6 +503,10 @@ class MeteringSync:
     def _advance(self, model: str, meter: Meter, next_seq: int) -> int:
         self._remember(model, next_seq, None if next_seq == 0 else meter.hash_before(next_seq))
         return next_seq
+
+
+def _reports_for(entries: int, per_report: int) -> int:
+    return -(-max(0, entries) // per_report)
 
 
 def _describe(exc: BaseException | str) -> str:
@@ -568,4 +607,11 @@ def _chain_order(items: Sequence[tuple[License, SignedLicense]]) -> list[tuple[L
     return out
 
 
-__all__ = ["METERING_DIR", "STATE_FILE", "MeteringClient", "MeteringSync", "SyncOutcome"]
+__all__ = [
+    "DEFAULT_MAX_REPORT_BYTES",
+    "METERING_DIR",
+    "STATE_FILE",
+    "MeteringClient",
+    "MeteringSync",
+    "SyncOutcome",
+]
