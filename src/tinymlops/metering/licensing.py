@@ -51,12 +51,12 @@ import hashlib
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Engine, Select, func, insert, select, update
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.orm import Session
 
@@ -394,7 +394,7 @@ class LicenseService:
                 raise self._chain_exists(device_id, model, latest or "?") from None
             session.add(self._license_row(license, chain.id, 0, now))
             session.commit()
-            return self._views(session, [license.license_id])[0]
+            return self._view(session, license.license_id)
 
     @staticmethod
     def _chain_exists(device_id: str, model: str, latest: str) -> ConflictError:
@@ -451,7 +451,7 @@ class LicenseService:
             chain.latest_license_id = license.license_id
             chain.licensed += queries
             session.commit()
-            return self._views(session, [license.license_id])[0]
+            return self._view(session, license.license_id)
 
     def revoke(self, license_id: str, *, reason: str) -> LicenseView:
         """Revoke the chain of ``license_id``: its latest license, which is returned (now revoked)."""
@@ -496,7 +496,7 @@ class LicenseService:
                 )
             )
             session.commit()
-            return self._views(session, [latest])[0]
+            return self._view(session, latest)
 
     def _license_row(self, license: License, chain_id: int, position: int, now: float) -> LicenseRow:
         signed = sign_license(license, self.issuer_key)
@@ -524,7 +524,7 @@ class LicenseService:
     def get(self, license_id: str) -> LicenseView:
         with self._sessions() as session:
             self._license(session, license_id)
-            return self._views(session, [license_id])[0]
+            return self._view(session, license_id)
 
     def list(
         self, *, device_id: str | None = None, model: str | None = None, status: str | None = None
@@ -532,30 +532,34 @@ class LicenseService:
         """Licenses, newest first, optionally of one device / model / status."""
         if status is not None and status not in LICENSE_STATUSES:
             raise UsageError(f"license status must be one of {', '.join(LICENSE_STATUSES)}, got {status!r}")
-        q = select(LicenseRow.license_id).order_by(LicenseRow.created_at.desc(), LicenseRow.position.desc())
+        L, C, R = LicenseRow, LicenseChainRow, LicenseRevocationRow
+        q = _view_select().order_by(L.created_at.desc(), L.position.desc())
         if device_id is not None:
-            q = q.where(LicenseRow.device_id == device_id)
+            q = q.where(L.device_id == device_id)
         if model is not None:
-            q = q.where(LicenseRow.model == model)
+            q = q.where(L.model == model)
+        if status == "revoked":
+            q = q.where(R.license_id.is_not(None))
+        elif status is not None:  # not revoked, and the chain's latest (active) or not (superseded)
+            latest = C.latest_license_id == L.license_id
+            q = q.where(R.license_id.is_(None), latest if status == "active" else ~latest)
         with self._sessions() as session:
-            views = self._views(session, list(session.scalars(q).all()))
-        return [v for v in views if status is None or v.status == status]
+            return [_license_view(*row) for row in session.execute(q).all()]
 
     def chains(self, *, device_id: str | None = None) -> list[ChainView]:
-        q = select(LicenseChainRow).order_by(LicenseChainRow.device_id, LicenseChainRow.model)
+        C, R = LicenseChainRow, LicenseRevocationRow
+        revoked = select(R.license_id).where(R.license_id == C.latest_license_id).exists()
+        q = select(C, revoked, _alerts_of(C.id)).order_by(C.device_id, C.model)
         if device_id is not None:
-            q = q.where(LicenseChainRow.device_id == device_id)
+            q = q.where(C.device_id == device_id)
         with self._sessions() as session:
-            rows = list(session.scalars(q).all())
-            alerts = self._alerts(session, [r.id for r in rows])
-            revoked = self._revoked_ids(session, [r.latest_license_id for r in rows])
             return [
                 ChainView(
                     device_id=r.device_id,
                     model=r.model,
                     root_license_id=r.root_license_id,
                     latest_license_id=r.latest_license_id,
-                    status="revoked" if r.latest_license_id in revoked else "active",
+                    status="revoked" if is_revoked else "active",
                     licensed=r.licensed,
                     reserved=r.used,
                     next_seq=_next_seq(r),
@@ -563,9 +567,9 @@ class LicenseService:
                     branches=r.branches,
                     reports=r.reports,
                     last_report_at=r.last_report_at,
-                    alerts=alerts.get(r.id, 0),
+                    alerts=alerts,
                 )
-                for r in rows
+                for r, is_revoked, alerts in session.execute(q).all()
             ]
 
     def audit(
@@ -917,85 +921,76 @@ class LicenseService:
         return row
 
     @staticmethod
-    def _alerts(session: Session, chain_ids: Sequence[int]) -> dict[int, int]:
-        if not chain_ids:
-            return {}
-        F = LicensingFlagRow
-        return dict(
-            session.execute(  # type: ignore[arg-type]
-                select(F.chain_id, func.count())
-                .where(F.chain_id.in_(list(chain_ids)), F.kind.in_(sorted(ALERT_KINDS)))
-                .group_by(F.chain_id)
+    def _revoked_chains(session: Session, device_id: str) -> tuple[str, ...]:
+        """The latest licenses of ``device_id``'s chains that are revoked."""
+        C, R = LicenseChainRow, LicenseRevocationRow
+        return tuple(
+            session.scalars(
+                select(C.latest_license_id)
+                .join(R, R.license_id == C.latest_license_id)
+                .where(C.device_id == device_id)
+                .order_by(C.latest_license_id)
             ).all()
         )
 
     @staticmethod
-    def _revoked_ids(session: Session, license_ids: Sequence[str]) -> set[str]:
-        if not license_ids:
-            return set()
-        R = LicenseRevocationRow
-        return set(session.scalars(select(R.license_id).where(R.license_id.in_(list(license_ids)))).all())
+    def _view(session: Session, license_id: str) -> LicenseView:
+        row = session.execute(_view_select().where(LicenseRow.license_id == license_id)).one()
+        return _license_view(*row)
 
-    def _revoked_chains(self, session: Session, device_id: str) -> tuple[str, ...]:
-        latest = session.scalars(
-            select(LicenseChainRow.latest_license_id).where(LicenseChainRow.device_id == device_id)
-        ).all()
-        return tuple(sorted(self._revoked_ids(session, list(latest))))
 
-    def _views(self, session: Session, license_ids: Sequence[str]) -> list[LicenseView]:
-        if not license_ids:
-            return []
-        rows = {
-            r.license_id: r
-            for r in session.scalars(select(LicenseRow).where(LicenseRow.license_id.in_(list(license_ids))))
-        }
-        chain_ids = sorted({r.chain_id for r in rows.values()})
-        chains = {c.id: c for c in session.scalars(select(LicenseChainRow).where(LicenseChainRow.id.in_(chain_ids)))}
-        revocations = {
-            r.license_id: r
-            for r in session.scalars(
-                select(LicenseRevocationRow).where(LicenseRevocationRow.license_id.in_(list(license_ids)))
-            )
-        }
-        alerts = self._alerts(session, chain_ids)
-        out = []
-        for license_id in license_ids:
-            r = rows[license_id]
-            chain = chains[r.chain_id]
-            rev = revocations.get(license_id)
-            if rev is not None:
-                status = "revoked"
-            elif chain.latest_license_id != license_id:
-                status = "superseded"
-            else:
-                status = "active"
-            out.append(
-                LicenseView(
-                    license_id=r.license_id,
-                    device_id=r.device_id,
-                    model=r.model,
-                    queries=r.queries,
-                    valid_from=r.valid_from,
-                    valid_until=r.valid_until,
-                    min_version=r.min_version,
-                    max_version=r.max_version,
-                    previous_license_id=r.previous_license_id,
-                    issued_at=r.issued_at,
-                    issuer_key_id=r.issuer_key_id,
-                    status=status,
-                    revoked_at=None if rev is None else rev.revoked_at,
-                    revoke_reason=None if rev is None else rev.reason,
-                    root_license_id=chain.root_license_id,
-                    chain_licensed=chain.licensed,
-                    chain_used=chain.used,
-                    chain_remaining=max(0, chain.licensed - chain.branch_reserved - chain.branch_forfeited),
-                    last_report_at=chain.last_report_at,
-                    alerts=alerts.get(chain.id, 0),
-                    data=_b64(r.data),
-                    signature=r.signature,
-                )
-            )
-        return out
+def _alerts_of(chain_id: Any) -> Any:
+    """The number of alert flags on the chain ``chain_id`` (a column of the enclosing query): a
+    correlated count, one index probe per row (ix_licensing_flags_chain)."""
+    F = LicensingFlagRow
+    return (
+        select(func.count())
+        .where(F.chain_id == chain_id, F.kind.in_(sorted(ALERT_KINDS)))
+        .scalar_subquery()
+        .label("alerts")
+    )
+
+
+def _view_select() -> Select[tuple[LicenseRow, LicenseChainRow, LicenseRevocationRow | None, int]]:
+    """Licenses with their chain, their revocation (None: not revoked) and the chain's alert count:
+    one statement however many licenses it lists."""
+    L, C, R = LicenseRow, LicenseChainRow, LicenseRevocationRow
+    return (
+        select(L, C, R, _alerts_of(L.chain_id)).join(C, C.id == L.chain_id).outerjoin(R, R.license_id == L.license_id)
+    )
+
+
+def _license_view(r: LicenseRow, chain: LicenseChainRow, rev: LicenseRevocationRow | None, alerts: int) -> LicenseView:
+    if rev is not None:
+        status = "revoked"
+    elif chain.latest_license_id != r.license_id:
+        status = "superseded"
+    else:
+        status = "active"
+    return LicenseView(
+        license_id=r.license_id,
+        device_id=r.device_id,
+        model=r.model,
+        queries=r.queries,
+        valid_from=r.valid_from,
+        valid_until=r.valid_until,
+        min_version=r.min_version,
+        max_version=r.max_version,
+        previous_license_id=r.previous_license_id,
+        issued_at=r.issued_at,
+        issuer_key_id=r.issuer_key_id,
+        status=status,
+        revoked_at=None if rev is None else rev.revoked_at,
+        revoke_reason=None if rev is None else rev.reason,
+        root_license_id=chain.root_license_id,
+        chain_licensed=chain.licensed,
+        chain_used=chain.used,
+        chain_remaining=max(0, chain.licensed - chain.branch_reserved - chain.branch_forfeited),
+        last_report_at=chain.last_report_at,
+        alerts=alerts,
+        data=_b64(r.data),
+        signature=r.signature,
+    )
 
 
 def _b64(data: bytes) -> str:

@@ -1,0 +1,88 @@
+"""What the licensing reads cost in SQL, on SQLite and PostgreSQL: a fleet has thousands of devices,
+so every listing (the API's, the CLI's, the dashboard's) must be a fixed number of statements, each
+with a fixed number of bound parameters — no query per license (N+1), and no ``IN (...)`` list of
+every license id (PostgreSQL refuses a statement with more than 65,535 parameters; a long list is
+also re-planned each time). Measured by counting what reaches the database driver."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from enrolled_devices import enrol_device
+from licensing_world import DAY, MODEL, licensing
+from metering_world import T0
+from tinymlops.crypto.keys import key_id
+from tinymlops.server.dashboard import views_licenses
+
+#: the most bound parameters one listing statement may carry (the filters and the flag kinds)
+MAX_PARAMS = 12
+
+
+@contextmanager
+def statements(engine: Any) -> Iterator[list[tuple[str, int]]]:
+    """Every statement sent to the driver while inside, with its number of bound parameters."""
+    seen: list[tuple[str, int]] = []
+
+    def record(_conn, _cursor, statement, parameters, _context, executemany) -> None:  # type: ignore[no-untyped-def]
+        count = len(parameters[0] if executemany and parameters else parameters or ())
+        seen.append((statement, count))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def _shape(engine: Any, call: Callable[[], object]) -> tuple[int, int]:
+    """(statements, the most parameters of one) that ``call`` sends."""
+    with statements(engine) as seen:
+        call()
+    return len(seen), max((n for _, n in seen), default=0)
+
+
+@pytest.fixture
+def fleet(workspace):  # type: ignore[no-untyped-def]
+    """A service over a fleet: 2 devices at first; ``grow(n)`` licenses n more (each with a top-up, and
+    every third revoked)."""
+    service, _, clock = licensing(workspace)
+
+    def grow(n: int) -> None:
+        for i in range(n):
+            device = key_id(enrol_device(workspace).signing)
+            clock.now += 1
+            root = service.issue(device_id=device, model=MODEL, queries=10, valid_until=T0 + DAY)
+            top = service.top_up(root.license_id, queries=5)
+            if i % 3 == 0:
+                service.revoke(top.license_id, reason="unpaid")
+
+    grow(2)
+    return workspace, service, grow
+
+
+def test_listing_licenses_and_chains_is_a_fixed_number_of_small_statements(fleet) -> None:  # type: ignore[no-untyped-def]
+    ws, service, grow = fleet
+    some = service.list()[0]
+    calls: dict[str, Callable[[], object]] = {
+        "list": service.list,
+        "list revoked": lambda: service.list(status="revoked"),
+        "list of a device": lambda: service.list(device_id=some.device_id),
+        "chains": service.chains,
+        "audit": service.audit,
+        "get": lambda: service.get(some.license_id),
+        "dashboard list": lambda: views_licenses.licenses_view(service, show="all"),
+        "dashboard license": lambda: views_licenses.license_detail(service, some.license_id),
+    }
+    small = {name: _shape(ws.engine, call) for name, call in calls.items()}
+    grow(30)
+    assert len(service.list()) == 64
+    large = {name: _shape(ws.engine, call) for name, call in calls.items()}
+    for name in calls:
+        (few, _), (many, params) = small[name], large[name]
+        assert many == few, f"{name}: {few} statements for 4 licenses, {many} for 64"
+        assert params <= MAX_PARAMS, f"{name}: a statement with {params} parameters for 64 licenses"
