@@ -33,8 +33,10 @@ still a valid chain: nothing inside the file can tell. :class:`MonotonicCounter`
 point for something outside it that only moves forward — a TPM NV counter, a secure element, an
 OS keystore. :class:`FileCounter` is the software default: a small file beside the ledger holding
 the last committed ``(seq, head hash)``, replaced atomically after each commit (the counter lags
-the ledger by at most the entry being written when a crash hits, which open repairs). On open a
-counter ahead of the ledger, or naming another hash at its seq, is a rollback and is refused.
+the ledger by at most the entry being written when a crash hits, which open repairs; a counter that
+fails to move after a commit is caught up before anything more is written, and while it cannot be,
+nothing more is). On open a counter ahead of the ledger, or naming another hash at its seq, is a
+rollback and is refused.
 
 What software alone cannot prevent: restoring a backup of the *whole* data directory (ledger and
 counter file together), or copying it to a second device, gives a consistent older state that
@@ -149,6 +151,8 @@ class LedgerStore:
         self.ledger = ledger
         self.counter = counter
         self._lock = lock
+        #: the last committed (seq, hash) the counter could not take yet (None: it is up to date)
+        self.counter_behind: tuple[int, str] | None = None
 
     @classmethod
     def open(
@@ -295,7 +299,13 @@ class LedgerStore:
     def append(self, entry: LedgerEntry, signed: SignedLicense | SignedRevocation | None = None) -> None:
         """Write ``entry`` (and the signed license it installs, or the signed revocation it writes)
         durably, in one transaction, then move the counter. The ledger state is not touched: the
-        caller applies the entry once this returns."""
+        caller applies the entry once this returns.
+
+        Raises :class:`StoreError` when nothing was written — the transaction failed, or the counter
+        still lags an earlier entry and cannot be caught up (nothing more is written past a counter
+        that cannot follow). When the entry is committed but the counter then cannot move, it raises
+        :class:`StoreError` with ``committed=True``: the entry is durable and must be applied (the
+        counter is caught up before the next write, or when the ledger is next opened)."""
         expected = {"license": SignedLicense, "revoke": SignedRevocation}.get(entry.kind)
         if (expected is None) != (signed is None) or (expected is not None and not isinstance(signed, expected)):
             raise UsageError(
@@ -304,6 +314,8 @@ class LedgerStore:
                 + f", got {type(signed).__name__}"
             )
         table = "licenses" if entry.kind == "license" else "revocations"
+        if self.counter_behind is not None:
+            self._advance_counter(*self.counter_behind, committed=False)
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -317,12 +329,27 @@ class LedgerStore:
                     )
                 self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):  # the error that matters is the one above
+                    self._conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
             raise StoreError(f"cannot write to the usage ledger {self.path}: {exc}") from exc
-        if self.counter is not None:
-            self.counter.advance(entry.seq, entry.hash)
+        self._advance_counter(entry.seq, entry.hash, committed=True)
+
+    def _advance_counter(self, seq: int, head: str, *, committed: bool) -> None:
+        if self.counter is None:
+            return
+        try:
+            self.counter.advance(seq, head)
+        except (OSError, LedgerTamperedError) as exc:
+            self.counter_behind = (seq, head)
+            what = f"entry seq {seq} is written, but" if committed else "nothing written:"
+            raise StoreError(
+                f"usage ledger {self.path}: {what} the monotonic counter cannot move to seq {seq} "
+                f"({getattr(exc, 'message', None) or exc})",
+                committed=committed,
+            ) from exc
+        self.counter_behind = None
 
     def bodies(self, since_seq: int = 0, *, limit: int | None = None) -> list[bytes]:
         """The stored bytes of the entries from ``since_seq`` on, in order, at most ``limit`` of them

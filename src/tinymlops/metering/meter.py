@@ -186,10 +186,22 @@ class Meter:
         license = verify_license(signed, self._trusted)
         with self._lock:
             entry = self.ledger.propose_license(license, self._clock())
-            self.store.append(entry, signed)
+            self._append(entry, signed)
             self.ledger.apply(entry, license)
             self._covered.clear()
         return license
+
+    def _append(self, entry: LedgerEntry, signed: SignedLicense | SignedRevocation | None = None) -> None:
+        """Store ``entry`` (under the lock); the caller applies it next. A store error after the commit
+        (the monotonic counter would not move) is logged and the entry applied all the same: it is
+        durable, and the store catches the counter up before it writes again. Before the commit,
+        nothing was written: the :class:`~tinymlops.errors.StoreError` is raised."""
+        try:
+            self.store.append(entry, signed)
+        except StoreError as exc:
+            if not exc.details.get("committed"):
+                raise
+            log.error("%s", exc.message)
 
     def revoke(self, signed: SignedRevocation) -> bool:
         """Verify the issuer's revocation of the license in force and write it into the chain, durably:
@@ -202,7 +214,7 @@ class Meter:
             if revocation.license_id in self.ledger.revocations:
                 return False
             entry = self.ledger.propose_revoke(revocation, self._clock())
-            self.store.append(entry, signed)
+            self._append(entry, signed)
             self.ledger.apply(entry, revocation)
             self._covered.clear()
         return True
@@ -219,7 +231,10 @@ class Meter:
             now = self._clock()
             if not self.ledger.authorize(now):
                 entry = self.ledger.propose_reserve(self.block, now)
-                self.store.append(entry)
+                try:
+                    self._append(entry)
+                except StoreError as exc:  # nothing written: refused like any metering refusal, not a model failure
+                    raise unusable_ledger(self.ledger.model, exc) from exc
                 self.ledger.apply(entry)
                 self.ledger.authorize(now)
 
@@ -328,7 +343,7 @@ def unusable_ledger(model: str, exc: LedgerTamperedError | StoreError) -> Ledger
             license_id=None,
         )
     return LedgerUnusableError(
-        f"metered predictions of '{model}' are refused: its usage ledger cannot be opened now ({exc.message})",
+        f"metered predictions of '{model}' are refused: its usage ledger cannot be used now ({exc.message})",
         reason="ledger-unavailable",
         model=model,
         remaining=0,
