@@ -60,6 +60,7 @@ from tinymlops.errors import (
     LedgerTamperedError,
     LedgerUnusableError,
     LicenseScopeError,
+    MeteringRefusedError,
     SpecError,
     StoreError,
     UsageError,
@@ -110,6 +111,8 @@ class Meter:
         self._clock = clock
         self._lock = threading.Lock()
         self._covered: dict[int | None, bool] = {}
+        #: metered calls refused since this meter opened (a sync may want to run sooner when it moves)
+        self.refused = 0
 
     @classmethod
     def open(
@@ -221,22 +224,27 @@ class Meter:
 
     # --- the hot path ------------------------------------------------------------------------------
     def authorize(self, version: int | None = None) -> None:
-        """Debit one call for ``version`` of the model, or raise the refusal (nothing debited)."""
+        """Debit one call for ``version`` of the model, or raise the refusal (nothing debited; counted
+        in :attr:`refused`)."""
         with self._lock:
-            covered = self._covered.get(version)
-            if covered is None:
-                covered = self._covered[version] = self._scope(version)
-            if not covered:
-                self._refuse_scope(version)
-            now = self._clock()
-            if not self.ledger.authorize(now):
-                entry = self.ledger.propose_reserve(self.block, now)
-                try:
-                    self._append(entry)
-                except StoreError as exc:  # nothing written: refused like any metering refusal, not a model failure
-                    raise unusable_ledger(self.ledger.model, exc) from exc
-                self.ledger.apply(entry)
-                self.ledger.authorize(now)
+            try:
+                covered = self._covered.get(version)
+                if covered is None:
+                    covered = self._covered[version] = self._scope(version)
+                if not covered:
+                    self._refuse_scope(version)
+                now = self._clock()
+                if not self.ledger.authorize(now):
+                    entry = self.ledger.propose_reserve(self.block, now)
+                    try:
+                        self._append(entry)
+                    except StoreError as exc:  # nothing written: a refusal like any other, not a model failure
+                        raise unusable_ledger(self.ledger.model, exc) from exc
+                    self.ledger.apply(entry)
+                    self.ledger.authorize(now)
+            except MeteringRefusedError:
+                self.refused += 1
+                raise
 
     def _scope(self, version: int | None) -> bool:
         current = self.ledger.current
@@ -372,6 +380,7 @@ class MeteringHost:
         self.clock = clock
         self._meters: dict[str, Meter] = {}
         self._broken: dict[str, LedgerTamperedError] = {}
+        self._refused_closed = 0  # refusals counted by meters since closed
         self._lock = threading.Lock()
 
     def meter(self, model: str, *, block: int | None = None) -> Meter:
@@ -411,6 +420,18 @@ class MeteringHost:
                 meter.block = block  # read under the meter's lock at the next reservation
             return meter
 
+    def opened(self) -> dict[str, Meter]:
+        """The meters open now, by model (none is opened here: reading a ledger verifies all of it)."""
+        with self._lock:
+            return dict(self._meters)
+
+    @property
+    def refusals(self) -> int:
+        """Metered calls refused by this host's meters since it was created (it only grows): a device
+        whose calls are refused — no license, out of queries, expired, revoked — wants its next sync now."""
+        with self._lock:
+            return self._refused_closed + sum(m.refused for m in self._meters.values())
+
     @property
     def broken(self) -> dict[str, LedgerTamperedError]:
         """``{model: why}`` for the ledgers found not to verify since this host was opened (or closed)."""
@@ -434,6 +455,7 @@ class MeteringHost:
         with self._lock:
             for meter in self._meters.values():
                 meter.close()
+                self._refused_closed += meter.refused
             self._meters.clear()
             self._broken.clear()
 

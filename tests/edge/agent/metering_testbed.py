@@ -38,7 +38,7 @@ from tinymlops.spec.license import License
 
 BLOCK = 4
 METERING = {"enabled": True, "model": "tiny", "block": BLOCK}
-EVERY_CYCLE = AgentConfig(poll_interval=0.2, backoff_base=0.05, backoff_cap=0.4)
+EVERY_CYCLE = AgentConfig(poll_interval=0.2, backoff_base=0.05, backoff_cap=0.4, metering_interval=0)
 ONLINE = DeviceContext(network="cellular", charging=False)  # usage reports are not gated like telemetry
 OFFLINE = DeviceContext(network="offline")
 X = np.ones((1, 4), np.float32)

@@ -54,10 +54,14 @@ ledgers under ``<data_dir>/metering``, usage reports signed with the device key,
 with the trusted release keys — the issuer signs with the release key) and opens every runtime with
 it bound (:func:`~tinymlops.metering.meter.metering_bound`, for the opening thread only: several
 agents may share a process), so a bundle whose manifest enables the metering policy opens and debits
-its ledger on every prediction; a refusal (no license, quota used, expired, revoked) is that
-prediction's error, never the agent's. With a ``metering_sync`` (a
-:class:`~tinymlops.edge.agent.metering.MeteringSync`), once per cycle when the device is online the
-agent fetches licenses and revocations and sends usage reports (:meth:`Agent.sync_metering`); its
+its ledger on every prediction; a refusal (no license, quota used, expired, revoked, a ledger that
+cannot be used) is that prediction's error, never the agent's, and never rolls the bundle back. With a
+``metering_sync`` (a :class:`~tinymlops.edge.agent.metering.MeteringSync`), when the device is online
+the agent fetches licenses and revocations and sends usage reports (:meth:`Agent.sync_metering`) at
+the first online cycle, then at most every ``AgentConfig.metering_interval`` seconds — but at the next
+online cycle whatever the interval when a metered call was refused since the last sync (a device out of
+queries wants its top-up now) or when an open ledger holds more unacknowledged entries than one report
+carries (:meth:`MeteringSync.backlogged <tinymlops.edge.agent.metering.MeteringSync.backlogged>`). Its
 outcome is :attr:`Agent.metering_outcome`. Bundles without the policy never touch the host.
 
 Clock, timer, RNG, wait, context provider and reporter are injectable, so tests are deterministic.
@@ -85,7 +89,7 @@ from tinymlops.crypto.signing import TrustedKey
 from tinymlops.edge.agent.backoff import Backoff
 from tinymlops.edge.agent.health import HealthWatch
 from tinymlops.edge.agent.install import Installer, InstallResult, with_timing
-from tinymlops.edge.agent.metering import METERING_DIR
+from tinymlops.edge.agent.metering import METERING_DIR, MeteringSync
 from tinymlops.edge.agent.policy import DEFAULT_LARGE_BUNDLE_BYTES, DownloadPolicy
 from tinymlops.edge.agent.serving_stats import PendingWindows, ServingStats
 from tinymlops.edge.agent.slots import SlotState
@@ -129,7 +133,9 @@ class AgentConfig:
     ``health_threshold`` consecutive failed predictions roll back; health reports go out at most
     every ``health_interval`` seconds (0: every cycle), and at once after the active bundle changed;
     telemetry windows close (and uploads are tried) at most every ``telemetry_interval`` seconds
-    (0: every cycle), and at once after the active bundle changed."""
+    (0: every cycle), and at once after the active bundle changed; licenses and usage reports are
+    synced at most every ``metering_interval`` seconds when online (0: every online cycle), and at the
+    next online cycle after a metered call was refused or when the usage backlog outgrows one report."""
 
     poll_interval: float = 60.0
     poll_jitter: float = 0.1
@@ -144,6 +150,7 @@ class AgentConfig:
     copy_chunk_bytes: int = 64 * 1024
     health_interval: float = 30.0
     telemetry_interval: float = 60.0
+    metering_interval: float = 300.0
 
     def __post_init__(self) -> None:
         if not (isinstance(self.poll_interval, int | float) and self.poll_interval > 0):
@@ -160,14 +167,10 @@ class AgentConfig:
             or not 0 <= self.health_interval < math.inf
         ):
             raise UsageError(f"health_interval must be a finite number of seconds >= 0, got {self.health_interval!r}")
-        if (
-            isinstance(self.telemetry_interval, bool)
-            or not isinstance(self.telemetry_interval, int | float)
-            or not 0 <= self.telemetry_interval < math.inf
-        ):
-            raise UsageError(
-                f"telemetry_interval must be a finite number of seconds >= 0, got {self.telemetry_interval!r}"
-            )
+        for name in ("telemetry_interval", "metering_interval"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+                raise UsageError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -237,6 +240,8 @@ class Agent:
         self.metering = metering
         self.metering_sync = metering_sync
         self.metering_outcome: Any = None
+        self._metering_at: float | None = None  # the timer at the last sync (None: not yet)
+        self._metering_refusals = 0  # the host's refusals then
         self.telemetry_store = telemetry_store
         self.telemetry_uploader = telemetry_uploader
         self.energy_meter = energy_meter
@@ -458,12 +463,14 @@ class Agent:
 
     # --- metering --------------------------------------------------------------------------------
     def sync_metering(self) -> Any:
-        """Run the metering sync once (licenses in, usage reports out); its outcome (None without a
+        """Run the metering sync now (licenses in, usage reports out); its outcome (None without a
         sync, or when it failed) is also kept in :attr:`metering_outcome`. Never raises: the agent
-        calls it once per online cycle."""
+        calls it from its cycles when due (:meth:`metering_due`)."""
         sync = self.metering_sync
         if sync is None:
             return None
+        self._metering_at = self.timer()
+        self._metering_refusals = self.metering.refusals if self.metering is not None else 0
         try:
             outcome = sync()
         except Exception:  # metering must never stop updates; the ledgers keep everything for next time
@@ -471,6 +478,29 @@ class Agent:
             return None
         self.metering_outcome = outcome
         return outcome
+
+    def metering_due(self) -> str | None:
+        """Why the metering sync should run at this (online) cycle, or None: ``first`` (not since the
+        agent was made), ``interval`` (``metering_interval`` seconds since the last), ``refused`` (a
+        metered call was refused since), ``backlog`` (a ledger outgrew one report). Cheap: memory only."""
+        if self.metering_sync is None:
+            return None
+        if self._metering_at is None:
+            return "first"
+        if self.timer() - self._metering_at >= self.config.metering_interval:
+            return "interval"
+        if self.metering is not None and self.metering.refusals != self._metering_refusals:
+            return "refused"
+        sync = self.metering_sync
+        if isinstance(sync, MeteringSync) and sync.backlogged():
+            return "backlog"
+        return None
+
+    def _metering_tick(self) -> None:
+        reason = self.metering_due()
+        if reason is not None:
+            log.debug("metering sync (%s)", reason)
+            self.sync_metering()
 
     # --- health reports ----------------------------------------------------------------------
     def _retire(self, stats: ServingStats) -> None:
@@ -654,7 +684,7 @@ class Agent:
         try:
             return self._poll(context)
         finally:
-            self.sync_metering()
+            self._metering_tick()
             self._health_tick(context)
             self._telemetry_tick(context)
 

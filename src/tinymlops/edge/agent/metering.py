@@ -4,7 +4,7 @@ revocations in, and send its usage ledgers out.
 ::
 
     sync = MeteringSync(host, conn.client, data_dir)   # host: the agent's MeteringHost
-    outcome = sync()                                   # once per agent cycle, when online
+    outcome = sync()                                   # when the agent says it is due (Agent.metering_due)
 
 One sync (:meth:`MeteringSync.sync`):
 
@@ -230,6 +230,8 @@ class MeteringSync:
         self.device_id = key_id(host.device_key)
         #: the last report sent per model whose answer never came: sent again, byte for byte, first
         self._in_flight: dict[str, SignedUsageReport] = {}
+        #: the acknowledged next_seq per model, in memory (None: not read from the state file yet)
+        self._positions: dict[str, int] | None = None
         self._lock = threading.Lock()
         self.last: SyncOutcome | None = None
 
@@ -257,7 +259,22 @@ class MeteringSync:
                 out[model] = parsed
         return out
 
+    def backlogged(self) -> list[str]:
+        """The models whose open ledger holds more entries the server has not acknowledged than one
+        report carries: the agent syncs at its next online cycle for them, whatever its interval.
+        Memory only (cheap enough for every cycle): ledgers not open have had no new entries."""
+        positions = self._positions
+        if positions is None:
+            positions = self._positions = {m: n for m, (n, _) in self.acknowledged().items()}
+        return sorted(
+            model
+            for model, meter in self.host.opened().items()
+            if meter.next_seq - positions.get(model, 0) > self._limits.get(model, self.max_report_entries)
+        )
+
     def _remember(self, model: str, next_seq: int, head: str | None) -> None:
+        if self._positions is not None:
+            self._positions[model] = next_seq
         state = self.acknowledged()
         if state.get(model) == (next_seq, head):
             return
@@ -388,14 +405,19 @@ class MeteringSync:
                 continue
             self._report_model(model, meter, self._start(model, meter, chains.get(model), remembered.get(model)), run)
 
-    @staticmethod
     def _start(
-        model: str, meter: Meter, server: tuple[int, str | None] | None, remembered: tuple[int, str | None] | None
+        self,
+        model: str,
+        meter: Meter,
+        server: tuple[int, str | None] | None,
+        remembered: tuple[int, str | None] | None,
     ) -> int:
         """Where to report ``model`` from: the server's position, else the remembered one, whichever
-        first names a hash this ledger has at that seq; else 0."""
+        first names a hash this ledger has at that seq; else 0. The server's, when taken, is remembered."""
         for position in (server, remembered):
             if position is not None and meter.hash_before(position[0]) == (position[1] or GENESIS_HASH):
+                if position is server:
+                    self._remember(model, *position)
                 return position[0]
         if server is not None or remembered is not None:
             log.warning("neither the server's nor the remembered position is on the %s ledger: reporting from 0", model)

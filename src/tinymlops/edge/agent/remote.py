@@ -38,9 +38,11 @@ report never stops the agent.
 Metering: the connection holds the device's :class:`~tinymlops.metering.meter.MeteringHost` (usage
 ledgers in ``<data_dir>/metering/``, licenses verified with the trusted release keys) and a
 :class:`~tinymlops.edge.agent.metering.MeteringSync` over the same signed client, which the agent
-runs once per online cycle: licenses and revocations in (``GET /v1/devices/me/licenses``), usage
-reports out (``POST /v1/devices/me/usage``). :func:`connect` runs it once right after it enrolled or
-bootstrapped, so a license sold before the device's first contact is there before its first install.
+runs when online at most every ``AgentConfig.metering_interval`` seconds (sooner after a refused
+metered call, or when the usage backlog outgrows one report): licenses and revocations in
+(``GET /v1/devices/me/licenses``), usage reports out (``POST /v1/devices/me/usage``). :func:`connect`
+runs it once right after it enrolled or bootstrapped, so a license sold before the device's first
+contact is there before its first install.
 
 Telemetry travels apart, through a :class:`TelemetryUploader` over the device's
 :class:`~tinymlops.observe.upload_store.UploadStore` (``<data_dir>/telemetry/upload.sqlite3``): the
@@ -425,7 +427,7 @@ class Connection:
         the server, or to ``health_reporter=`` instead when given (``None`` turns them off);
         telemetry windows go to this connection's upload store and uploader (``telemetry_store=None``
         turns them off); metered bundles meter with this connection's host, and its metering sync runs
-        every online cycle (``metering_sync=None`` turns the sync off)."""
+        when due (``AgentConfig.metering_interval``; ``metering_sync=None`` turns the sync off)."""
         from tinymlops.edge.agent.loop import Agent
 
         reporter = kwargs.pop("reporter", None)
