@@ -84,8 +84,8 @@ def test_any_honest_sequence_of_reports_raises_no_alert_and_counts_right(
             answer = server.send(late)
             if mid > server.next_seq:
                 assert answer.kind == "gap" and answer.next_seq == server.next_seq
-            else:
-                assert answer.kind == "accepted"
+            else:  # the same bytes may have been sent before (acked is right after a resent report)
+                assert answer.kind in ("accepted", "duplicate")
             for report in (early, late):
                 answer = server.send(report)
                 assert answer.kind in ("accepted", "duplicate")
