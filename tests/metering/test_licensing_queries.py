@@ -14,9 +14,10 @@ import pytest
 from sqlalchemy import event
 
 from enrolled_devices import enrol_device
-from licensing_world import DAY, MODEL, licensing
+from licensing_world import DAY, MODEL, MeteredDevice, licensing
 from metering_world import T0
 from tinymlops.crypto.keys import key_id
+from tinymlops.errors import ReportGapError
 from tinymlops.server.dashboard import views_licenses
 
 #: the most bound parameters one listing statement may carry (the filters and the flag kinds)
@@ -86,3 +87,34 @@ def test_listing_licenses_and_chains_is_a_fixed_number_of_small_statements(fleet
         (few, _), (many, params) = small[name], large[name]
         assert many == few, f"{name}: {few} statements for 4 licenses, {many} for 64"
         assert params <= MAX_PARAMS, f"{name}: a statement with {params} parameters for 64 licenses"
+
+
+def test_an_ordinary_report_reads_only_the_entries_around_it(workspace, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A report that links (the usual case) never reads the chain's earlier entries: the search for
+    the latest fork below a report (a GROUP BY over every earlier entry) runs only for a report that
+    does not link while the stored chain has entries before it — and then sends it to that fork."""
+    service, issuer, clock = licensing(workspace)
+    device = MeteredDevice(workspace, service, issuer, clock, tmp_path / "dev", block=1)
+    service.issue(device_id=device.id, model=MODEL, queries=1000, valid_until=T0 + DAY)
+    device.sync()
+    device.serve(20)
+    device.flush()
+    backup = device.backup(tmp_path / "backup")  # at seq 21
+    device.serve(10)
+    with statements(workspace.engine) as seen:
+        device.flush()  # links at the head
+    assert seen and not [sql for sql, _ in seen if "GROUP BY" in sql]
+    device.restore(backup)
+    device.serve(10)  # seq 21..30 again, other entries
+    assert [f.kind for f in device.send(15).flags] == ["rollback"]  # type: ignore[union-attr]
+    second = device.backup(tmp_path / "second")  # the restored copy at seq 31
+    device.serve(5)
+    device.send()  # its branch reaches seq 35
+    device.restore(second)
+    device.serve(12)  # seq 31..42, forking the restored copy's branch at 31
+    with statements(workspace.engine) as seen:
+        answer = device.send(36)  # does not link at 35: sent back to the latest fork below it
+    assert isinstance(answer, ReportGapError) and answer.next_seq == 21
+    assert [sql for sql, _ in seen if "GROUP BY" in sql]
+    assert [f.kind for f in device.send(21).flags] == ["rollback"]  # type: ignore[union-attr]
+    device.close()

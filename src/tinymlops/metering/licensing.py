@@ -95,6 +95,7 @@ from tinymlops.metering.reconcile import (
     StoredEntry,
     Totals,
     locate,
+    needs_fork_below,
     reconcile,
 )
 from tinymlops.metering.schema import (
@@ -712,8 +713,7 @@ class LicenseService:
                     )
                 )
                 assert chain is not None  # a license issued to the device belongs to one of its chains
-                window = (max(report.first_seq - 1, 0), report.last_seq + 1)
-                decision = reconcile(self._snapshot(session, chain, window, named), report)
+                decision = reconcile(self._snapshot(session, chain, report, named), report)
                 if isinstance(decision, Gap):
                     raise ReportGapError(
                         f"usage report (seq {report.first_seq}..{report.last_seq}) not stored: {decision.detail}",
@@ -836,26 +836,30 @@ class LicenseService:
 
     # --- loading what reconcile needs ---------------------------------------------------------------
     def _snapshot(
-        self, session: Session, chain: LicenseChainRow, window: tuple[int, int | None], named: Iterable[str]
+        self, session: Session, chain: LicenseChainRow, report: UsageReport, named: Iterable[str]
     ) -> ChainSnapshot:
-        """What reconcile needs of ``chain``: the entries with seq in ``window`` (inclusive; None: no
-        end), the latest fork below it, the highest seq, the licenses (the chain's and ``named``) and
-        the chain's revocations."""
+        """What reconcile needs of ``chain`` to decide on ``report``: the stored entries from the one
+        before the report to the one after it, the highest seq, the licenses (the chain's and
+        ``named``), the chain's revocations, and — only when the report does not link while entries
+        are stored before it (:func:`~tinymlops.metering.reconcile.needs_fork_below`) — the latest fork
+        below it: that query reads the chain's every earlier entry, so an ordinary report never pays it."""
         E = UsageEntryRow
-        window_start, window_end = window
-        q = select(E).where(E.chain_id == chain.id, E.seq >= window_start)
-        if window_end is not None:
-            q = q.where(E.seq <= window_end)
-        rows = session.scalars(q).all()
+        window_start, window_end = max(report.first_seq - 1, 0), report.last_seq + 1
+        rows = session.scalars(
+            select(E).where(E.chain_id == chain.id, E.seq >= window_start, E.seq <= window_end)
+        ).all()
+        entries = tuple(_stored_entry(r) for r in rows)
         max_seq = session.scalar(select(func.max(E.seq)).where(E.chain_id == chain.id))
-        forks = (
-            select(E.seq)
-            .where(E.chain_id == chain.id, E.seq < window_start)
-            .group_by(E.seq, E.prev_hash)
-            .having(func.count() > 1)
-            .subquery()
-        )
-        fork_below = session.scalar(select(func.max(forks.c.seq)))
+        fork_below = None
+        if needs_fork_below(report, entries):
+            forks = (
+                select(E.seq)
+                .where(E.chain_id == chain.id, E.seq < window_start)
+                .group_by(E.seq, E.prev_hash)
+                .having(func.count() > 1)
+                .subquery()
+            )
+            fork_below = session.scalar(select(func.max(forks.c.seq)))
         chain_ids = session.scalars(select(LicenseRow.license_id).where(LicenseRow.chain_id == chain.id)).all()
         licenses = self._issued(session, set(chain_ids) | set(named))
         revocations = {
@@ -872,7 +876,7 @@ class LicenseService:
             window_start=window_start,
             window_end=window_end,
             max_seq=max_seq,
-            entries=tuple(_stored_entry(r) for r in rows),
+            entries=entries,
             fork_below=fork_below,
             licenses=licenses,
             revocations=revocations,

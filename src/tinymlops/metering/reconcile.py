@@ -152,7 +152,8 @@ class ChainSnapshot:
     branch, ``window_start`` at most the report's ``first_seq - 1`` (or 0) and ``window_end`` (None:
     no end) at least its ``last_seq + 1``; ``max_seq`` is the highest seq stored (None: nothing, or
     take it from the window). ``fork_below`` is the largest seq below ``window_start`` where the
-    stored chain forks — two stored entries there follow the same entry (None: none). ``licenses``
+    stored chain forks — two stored entries there follow the same entry (None: none); it is read
+    only when :func:`needs_fork_below` says so (a caller may leave it None otherwise). ``licenses``
     maps at least the
     license ids the report names to what was issued under them (to any device: an id missing here
     was never issued); ``revocations`` the chain's revocations by license id."""
@@ -271,6 +272,17 @@ def locate(report: UsageReport, device_id: str, issued: IssuedLicense | None) ->
             report.license_id,
         )
     return issued.model
+
+
+def needs_fork_below(report: UsageReport, entries: Iterable[StoredEntry]) -> bool:
+    """Whether :func:`reconcile` reads the snapshot's ``fork_below`` for ``report`` over these stored
+    ``entries`` (the window's): only when the report does not link — its ``head_before`` is none of
+    the entries stored at ``first_seq - 1`` — while entries are stored there (a gap sent back to the
+    latest fork)."""
+    if report.first_seq == 0:
+        return False
+    before = [s.hash for s in entries if s.seq == report.first_seq - 1]
+    return bool(before) and report.head_before not in before
 
 
 def resume_after(report: UsageReport) -> int:
@@ -550,6 +562,7 @@ __all__ = [
     "StoredEntry",
     "Totals",
     "locate",
+    "needs_fork_below",
     "reconcile",
     "resume_after",
 ]
