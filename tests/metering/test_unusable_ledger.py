@@ -114,3 +114,19 @@ def test_a_store_nobody_closed_lets_go_of_the_ledger_when_it_is_collected(host_w
     host = new_host()
     assert host.meter("tiny").remaining == 3
     host.close()
+
+
+def test_a_ledger_overwritten_with_garbage_is_tampered_not_a_passing_store_failure(host_world) -> None:
+    issuer, device, new_host, path = host_world
+    host = new_host()
+    host.meter("tiny").install(issuer.signed(device, queries=3))
+    host.close()
+    for suffix in ("-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+    path.write_bytes(b"not a ledger at all " * 256)
+    host = new_host()
+    with pytest.raises(LedgerTamperedError) as info:  # a StoreError before: retried at every call, as if transient
+        host.meter("tiny")
+    assert info.value.details["reason"] == "unreadable" and str(path) in info.value.message
+    assert set(host.broken) == {"tiny"}
+    host.close()

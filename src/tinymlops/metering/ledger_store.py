@@ -186,6 +186,13 @@ class LedgerStore:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
                 conn.executescript(_SCHEMA)
+            except sqlite3.OperationalError as exc:  # the environment: locked, no space, no access
+                raise StoreError(f"cannot open the usage ledger {path}: {exc}") from exc
+            except sqlite3.DatabaseError as exc:  # the file itself: overwritten or corrupt
+                raise LedgerTamperedError(
+                    f"usage ledger {path} is not a readable SQLite database (overwritten or corrupt: {exc})",
+                    reason="unreadable",
+                ) from None
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot open the usage ledger {path}: {exc}") from exc
             try:
