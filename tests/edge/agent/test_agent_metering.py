@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from tinymlops.errors import (
     QuotaExceededError,
     ServerRequestError,
 )
+from tinymlops.metering import bind_metering, metering_bound
 from tinymlops.metering.license_signing import LICENSE_DOMAIN, REVOCATION_DOMAIN, sign_license
 from tinymlops.spec.license import Revocation
 from tinymlops.spec.usage_report import UsageReport
@@ -381,6 +383,39 @@ def test_a_copied_device_reports_its_own_branch_and_the_server_flags_and_bills_b
         assert all(UsageReport.from_bytes(body).first_seq >= 2 for body in server.usage_bodies[sent_before:])
         billed = a.meter.ledger.reserved + b.meter.ledger.reserved - shared
         assert server.chain(a.device_id, "tiny").reserved() == billed == 4 + (8 + 4) + (8 + 4)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_each_runtime_debits_the_ledger_of_the_agent_that_opened_it_from_any_thread(
+    tmp_path: Path, metered_bundles: MeteredBundles, server: LicensingServer
+) -> None:
+    """Agents in one process (the fleet simulator): the meter is taken when the runtime opens (inside its
+    agent's metering_bound), so a prediction made from any thread — one where another host is bound,
+    or none — debits the ledger of the agent whose runtime it is."""
+    a, b = Device(tmp_path / "a", metered_bundles, server), Device(tmp_path / "b", metered_bundles, server)
+    try:
+        server.issue(a.device_id, "tiny", 100)  # one device key for both: each ledger installs it
+        for dev in (a, b):
+            dev.offer("m1")
+            dev.cycle()
+        assert a.meter.remaining == b.meter.remaining == 100
+        done = threading.Event()
+
+        def elsewhere() -> None:
+            bind_metering(b.agent.metering)  # another agent's host, process-wide, in this thread
+            try:
+                a.serve(5)
+                with metering_bound(b.agent.metering):
+                    a.serve(5)
+            finally:
+                bind_metering(None)
+                done.set()
+
+        threading.Thread(target=elsewhere).start()
+        assert done.wait(30)
+        assert (a.meter.ledger.reserved, b.meter.ledger.reserved) == (12, 0)  # 10 calls in blocks of 4
     finally:
         a.close()
         b.close()
