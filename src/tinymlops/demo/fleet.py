@@ -47,10 +47,16 @@ from tinymlops.workspace import Workspace
 #: no variant for it, and the release says so instead of failing)
 FLEET_PROFILES = ("x86-edge-server", "rpi-4", "rpi-zero-2w", "android-nnapi-phone", "jetson-orin-nano", "mcu-cortex-m7")
 DEVICES_PER_PROFILE = 2
-#: polls fast and reports health every cycle: the demo drives the agents one cycle at a time; telemetry
-#: windows close when the demo says (flush_telemetry), not on a timer
+#: polls fast, reports health and syncs licenses and usage every cycle: the demo drives the agents one
+#: cycle at a time; telemetry windows close when the demo says (flush_telemetry), not on a timer
 DEMO_AGENT = AgentConfig(
-    poll_interval=0.5, poll_jitter=0.1, backoff_base=0.1, backoff_cap=1.0, health_interval=0.0, telemetry_interval=3600
+    poll_interval=0.5,
+    poll_jitter=0.1,
+    backoff_base=0.1,
+    backoff_cap=1.0,
+    health_interval=0.0,
+    telemetry_interval=3600,
+    metering_interval=0.0,
 )
 #: the demo devices' owners consented to telemetry, on any network
 DEMO_UPLOADS = UploadPolicy(consent=True, wifi_only=False)
