@@ -34,6 +34,7 @@ BENCHMARKS = {
     "fleet_load": "bench_fleet_load",
     "drift": "bench_drift",
     "metering": "bench_metering",
+    "usage_ingest": "bench_usage_ingest",
 }
 
 
