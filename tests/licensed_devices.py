@@ -19,9 +19,8 @@ from tinymlops.bundle.workspace_keys import release_public_key
 from tinymlops.crypto.keys import DeviceKeys, key_id
 from tinymlops.devices.client import DeviceClient, Response
 from tinymlops.devices.service import DeviceService
-from tinymlops.metering.license_signing import SignedLicense, SignedUsageReport
+from tinymlops.metering.license_signing import REPORT_SIGNATURE_HEADER, SignedLicense, SignedUsageReport
 from tinymlops.metering.meter import Meter
-from tinymlops.server.routers.licenses import REPORT_SIGNATURE_HEADER
 
 MODEL = "digits"
 

@@ -41,6 +41,7 @@ from tinymlops.crypto.keys import DeviceKeys
 from tinymlops.devices.identity import EnrolmentState, enrolment_body
 from tinymlops.devices.request_auth import sign_request
 from tinymlops.errors import InvalidInputError, ServerRequestError, ServerUnreachableError, UsageError
+from tinymlops.metering.license_signing import REPORT_SIGNATURE_HEADER
 
 if TYPE_CHECKING:
     from tinymlops.metering.license_signing import SignedUsageReport
@@ -50,8 +51,6 @@ ME_PATH = "/v1/devices/me"
 TOKEN_PATH = "/v1/devices/me/token"
 LICENSES_PATH = "/v1/devices/me/licenses"
 USAGE_PATH = "/v1/devices/me/usage"
-#: the header carrying the device key's signature over a usage report's exact bytes (hex)
-REPORT_SIGNATURE_HEADER = "X-Tinymlops-Report-Signature"
 DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 #: a bearer token is renewed this long before the server says it expires
 TOKEN_RENEW_MARGIN_S = 30.0

@@ -9,7 +9,8 @@ never be replayed as another, nor as any other signature tinymlops makes with th
 * :func:`sign_revocation` / :func:`verify_revocation` — the issuer's key again, under its own
   domain: a revocation of a license the device holds.
 * :func:`sign_usage_report` / :func:`verify_usage_report` — the device's key (its key id is the
-  report's ``device_id``).
+  report's ``device_id``); over HTTP the signature travels, hex, in :data:`REPORT_SIGNATURE_HEADER`
+  beside the report's exact bytes (``POST /v1/devices/me/usage``).
 
 Edge-safe: ``cryptography`` and the standard library only.
 """
@@ -29,6 +30,8 @@ from tinymlops.spec.usage_report import UsageReport
 
 LICENSE_DOMAIN = b"tinymlops/license/v1\x00"
 USAGE_REPORT_DOMAIN = b"tinymlops/usage-report/v1\x00"
+#: the HTTP header carrying the device key's signature over a usage report's exact bytes (128 hex)
+REPORT_SIGNATURE_HEADER = "X-Tinymlops-Report-Signature"
 REVOCATION_DOMAIN = b"tinymlops/license-revocation/v1\x00"
 
 
@@ -137,6 +140,7 @@ def verify_usage_report(signed: SignedUsageReport, device_public_key: TrustedKey
 
 __all__ = [
     "LICENSE_DOMAIN",
+    "REPORT_SIGNATURE_HEADER",
     "REVOCATION_DOMAIN",
     "USAGE_REPORT_DOMAIN",
     "SignedLicense",

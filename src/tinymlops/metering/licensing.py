@@ -76,6 +76,7 @@ from tinymlops.errors import (
     UsageError,
 )
 from tinymlops.metering.license_signing import (
+    REPORT_SIGNATURE_HEADER,
     SignedUsageReport,
     sign_license,
     sign_revocation,
@@ -653,11 +654,11 @@ class LicenseService:
             )
         if signature_hex is None:
             raise SignatureError(
-                "usage report: the X-Tinymlops-Report-Signature header is missing", member="usage report"
+                f"usage report: the {REPORT_SIGNATURE_HEADER} header is missing", member="usage report"
             )
         if not isinstance(signature_hex, str) or not _SIG_HEX.match(signature_hex):
             raise SignatureError(
-                "usage report: the X-Tinymlops-Report-Signature header must be 128 lowercase hex digits",
+                f"usage report: the {REPORT_SIGNATURE_HEADER} header must be 128 lowercase hex digits",
                 member="usage report",
             )
         digest = hashlib.sha256(body).hexdigest()

@@ -54,6 +54,7 @@ from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from tinymlops.errors import SpecError
+from tinymlops.metering.license_signing import REPORT_SIGNATURE_HEADER
 from tinymlops.metering.licensing import (
     CHAIN_STATUSES,
     LICENSE_STATUSES,
@@ -74,8 +75,6 @@ from tinymlops.server.deps import (
 from tinymlops.server.error_responses import error_responses
 from tinymlops.spec.license import MAX_EPOCH, MAX_QUERIES, MAX_REASON_CHARS, MODEL_NAME
 
-#: the header carrying the device key's signature over a usage report's exact bytes
-REPORT_SIGNATURE_HEADER = "X-Tinymlops-Report-Signature"
 LICENSE_ID_PATTERN = r"^[0-9a-f]{32}$"
 SIGNATURE_PATTERN = r"^[0-9a-f]{128}$"
 #: the longest validity a request may ask for in days (100 years)
@@ -432,4 +431,4 @@ def report_usage(
     return ReportAcceptedOut(**result.to_dict())
 
 
-__all__ = ["REPORT_SIGNATURE_HEADER", "router"]
+__all__ = ["router"]
