@@ -70,20 +70,48 @@ def test_issue_refuses_bad_input_with_clear_errors(plane) -> None:  # type: igno
     device_id = key_id(enrol_device(ws).signing)
     ok = {"device_id": device_id, "model": MODEL, "queries": 10, "valid_until": T0 + DAY}
     bad = [
-        ({"model": "no spaces"}, UsageError, "model name"),
-        ({"queries": 0}, UsageError, "queries"),
-        ({"queries": True}, UsageError, "queries"),
-        ({"queries": 10**12 + 1}, UsageError, "queries"),
-        ({"valid_from": T0 - 10, "valid_until": T0 - 1}, UsageError, "not in the future"),
-        ({"valid_from": T0 + DAY}, UsageError, "must be after valid_from"),
-        ({"min_version": 3, "max_version": 2}, UsageError, "above max_version"),
-        ({"device_id": "0" * 16}, NotFoundError, "no device"),
-        ({"device_id": "not-an-id"}, NotFoundError, "no device"),
+        ({"model": "no spaces"}, UsageError, "model name", "model"),
+        ({"queries": 0}, UsageError, "queries", "queries"),
+        ({"queries": True}, UsageError, "queries", "queries"),
+        ({"queries": 10**12 + 1}, UsageError, "queries", "queries"),
+        ({"valid_from": T0 - 10, "valid_until": T0 - 1}, UsageError, "not in the future", "valid_until"),
+        ({"valid_from": T0 + DAY}, UsageError, "must be after valid_from", "valid_until"),
+        ({"valid_from": -1}, UsageError, "valid_from", "valid_from"),
+        ({"min_version": 3, "max_version": 2}, UsageError, "above max_version", "min_version"),
+        ({"max_version": "3"}, UsageError, "max_version", "max_version"),
+        ({"device_id": "0" * 16}, NotFoundError, "no device", "device_id"),
+        ({"device_id": "not-an-id"}, NotFoundError, "no device", "device_id"),
     ]
-    for change, error, words in bad:
-        with pytest.raises(error, match=words):
+    for change, error, words, field in bad:
+        with pytest.raises(error, match=words) as exc:
             service.issue(**{**ok, **change})
+        assert exc.value.details.get("field") == field or field in exc.value.details, change  # named
     assert service.list() == [] and service.chains() == []
+
+
+def test_every_refusal_of_the_operator_calls_names_its_field(plane) -> None:  # type: ignore[no-untyped-def]
+    """The API answers these as 400 with ``field`` in the error body; the CLI and the dashboard show them."""
+    ws, service, _, clock = plane
+    device_id = key_id(enrol_device(ws).signing)
+    root = service.issue(device_id=device_id, model=MODEL, queries=10, valid_until=T0 + DAY)
+    calls = [
+        (lambda: service.top_up(root.license_id, queries=0), "queries"),
+        (lambda: service.top_up(root.license_id, queries=1, valid_until=T0 - 5), "valid_until"),
+        (lambda: service.revoke(root.license_id, reason=" "), "reason"),
+        (lambda: service.revoke(root.license_id, reason="x" * 201), "reason"),
+        (lambda: service.list(status="gone"), "status"),
+        (lambda: service.audit(kind="nope"), "kind"),
+        (lambda: service.audit(limit=0), "limit"),
+        (lambda: service.for_device(device_id, model="bad name"), "model"),
+    ]
+    for call, field in calls:
+        with pytest.raises(UsageError) as exc:
+            call()
+        assert exc.value.details.get("field") == field, (exc.value, field)
+    clock.now = T0 + 2 * DAY  # the license ran out: a top-up needs a new end
+    with pytest.raises(UsageError, match="expired") as exc:
+        service.top_up(root.license_id, queries=1)
+    assert exc.value.details.get("field") == "valid_until"
 
 
 def test_one_chain_per_device_and_model(plane) -> None:  # type: ignore[no-untyped-def]

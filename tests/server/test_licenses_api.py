@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -395,6 +396,25 @@ def test_bad_requests_are_clear_4xx_and_change_nothing(plane: Plane) -> None:
         error_of(r)
     assert [x["license_id"] for x in plane.admin.get("/v1/licenses").json()] == [lid]
     assert plane.admin.get(f"/v1/licenses/{lid}").json()["status"] == "active"
+
+
+def test_a_refusal_of_the_service_is_a_400_naming_the_field(sqlite_workspace: Any) -> None:
+    """What only the service can judge (the license a top-up extends has run out) is a 400 whose
+    body names the field, like the route's own checks."""
+    now = [time.time()]
+    plane = live_server.start_plane(sqlite_workspace, clock=lambda: now[0])
+    try:
+        client = plane.device()
+        lic = _issue(plane, client.device_id, 5, valid_days=1)
+        now[0] += 2 * DAY
+        r = plane.admin.post(f"/v1/licenses/{lic['license_id']}/top-up", json={"queries": 5})
+        assert r.status_code == 400, r.text
+        err = error_of(r)
+        assert err["field"] == "valid_until" and "expired" in err["message"]
+        r = plane.admin.post(f"/v1/licenses/{lic['license_id']}/top-up", json={"queries": 5, "valid_days": 1})
+        assert r.status_code == 201, r.text
+    finally:
+        plane.close()
 
 
 def test_a_revoked_device_gets_no_license_and_its_endpoints_refuse(plane: Plane) -> None:

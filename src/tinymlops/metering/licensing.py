@@ -346,7 +346,7 @@ class LicenseService:
         _check_int("min_version", min_version, 0, MAX_EPOCH, nullable=True)
         _check_int("max_version", max_version, 0, MAX_EPOCH, nullable=True)
         if min_version is not None and max_version is not None and min_version > max_version:
-            raise UsageError(f"min_version ({min_version}) is above max_version ({max_version})")
+            raise UsageError(f"min_version ({min_version}) is above max_version ({max_version})", field="min_version")
         if not isinstance(device_id, str) or not _HEX16.match(device_id):
             raise NotFoundError(f"no device with id {device_id!r}", device_id=str(device_id))
         with self._sessions() as session:
@@ -432,7 +432,8 @@ class LicenseService:
                 valid_until = prev.valid_until
                 if valid_until <= now:
                     raise UsageError(
-                        f"license {license_id} expired at {valid_until}: give the top-up a valid_until in the future"
+                        f"license {license_id} expired at {valid_until}: give the top-up a valid_until in the future",
+                        field="valid_until",
                     )
             _check_window(prev.valid_from, valid_until, now)
             license = License(
@@ -458,10 +459,12 @@ class LicenseService:
     def revoke(self, license_id: str, *, reason: str) -> LicenseView:
         """Revoke the chain of ``license_id``: its latest license, which is returned (now revoked)."""
         if not isinstance(reason, str) or not reason.strip():
-            raise UsageError("a revocation needs a reason (a non-empty text)")
+            raise UsageError("a revocation needs a reason (a non-empty text)", field="reason")
         reason = reason.strip()
         if len(reason) > MAX_REASON_CHARS:
-            raise UsageError(f"the reason is {len(reason)} characters, at most {MAX_REASON_CHARS} are kept")
+            raise UsageError(
+                f"the reason is {len(reason)} characters, at most {MAX_REASON_CHARS} are kept", field="reason"
+            )
         now = self._clock()
         with self._sessions() as session:
             named = self._license(session, license_id)
@@ -533,7 +536,9 @@ class LicenseService:
     ) -> list[LicenseView]:
         """Licenses, newest first, optionally of one device / model / status."""
         if status is not None and status not in LICENSE_STATUSES:
-            raise UsageError(f"license status must be one of {', '.join(LICENSE_STATUSES)}, got {status!r}")
+            raise UsageError(
+                f"license status must be one of {', '.join(LICENSE_STATUSES)}, got {status!r:.40}", field="status"
+            )
         L, C, R = LicenseRow, LicenseChainRow, LicenseRevocationRow
         q = _view_select().order_by(L.created_at.desc(), L.position.desc())
         if device_id is not None:
@@ -584,7 +589,7 @@ class LicenseService:
     ) -> list[FlagView]:
         """Flags, newest first: of one device, of one kind, of the chain of one license."""
         if kind is not None and kind not in FLAG_KINDS:
-            raise UsageError(f"flag kind must be one of {', '.join(FLAG_KINDS)}, got {kind!r}")
+            raise UsageError(f"flag kind must be one of {', '.join(FLAG_KINDS)}, got {kind!r:.40}", field="kind")
         _check_int("limit", limit, 1, MAX_AUDIT_LIMIT)
         F = LicensingFlagRow
         q = select(F).order_by(F.created_at.desc(), F.id.desc()).limit(limit)
@@ -1008,14 +1013,14 @@ def _next_seq(chain: LicenseChainRow) -> int:
 
 def _check_model(model: object) -> None:
     if not isinstance(model, str) or not MODEL_NAME.match(model):
-        raise UsageError(f"not a model name (letters, digits, . _ -; at most 128): {model!r:.80}")
+        raise UsageError(f"not a model name (letters, digits, . _ -; at most 128): {model!r:.80}", field="model")
 
 
 def _check_int(name: str, value: object, low: int, high: int, *, nullable: bool = False) -> None:
     if value is None and nullable:
         return
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise UsageError(f"{name} must be an integer in [{low}, {high}], got {value!r:.40}")
+        raise UsageError(f"{name} must be an integer in [{low}, {high}], got {value!r:.40}", field=name)
 
 
 def _check_window(valid_from: object, valid_until: object, now: float) -> None:
@@ -1023,10 +1028,11 @@ def _check_window(valid_from: object, valid_until: object, now: float) -> None:
     _check_int("valid_until", valid_until, 0, MAX_EPOCH)
     assert isinstance(valid_from, int) and isinstance(valid_until, int)
     if valid_until <= valid_from:
-        raise UsageError(f"valid_until ({valid_until}) must be after valid_from ({valid_from})")
+        raise UsageError(f"valid_until ({valid_until}) must be after valid_from ({valid_from})", field="valid_until")
     if valid_until <= now:
         raise UsageError(
-            f"valid_until ({valid_until}) is not in the future (now {int(now)}): the license would be dead"
+            f"valid_until ({valid_until}) is not in the future (now {int(now)}): the license would be dead",
+            field="valid_until",
         )
 
 
