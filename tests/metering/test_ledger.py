@@ -258,3 +258,9 @@ def test_the_latest_license_sets_the_window_so_a_top_up_extends_or_shortens_it()
             led.authorize(refused_at)  # at the top-up's end (before the first's end when shortened)
         assert info.value.details["reason"] == "expired" and info.value.details["valid_until"] == until
         assert led.block_remaining == 3  # the refused call took nothing
+
+
+def test_a_call_before_any_license_is_refused_naming_the_model() -> None:
+    with pytest.raises(QuotaExceededError, match="no license is installed for model 'tiny'") as info:
+        fresh().propose_reserve(4, T0)
+    assert info.value.details == {"reason": "no-license", "remaining": 0, "limit": 0, "license_id": None}

@@ -277,7 +277,8 @@ class Ledger:
             raise UsageError(f"the open block still holds {self.block_remaining} calls; reserve when it is empty")
         if self.current is None:
             raise QuotaExceededError(
-                "no license is installed for this model: metered predictions are refused",
+                f"no license is installed for model '{self.model}' on this device: metered predictions are refused "
+                "until the device gets one at its next contact with the control plane",
                 reason="no-license",
                 remaining=0,
                 limit=0,
