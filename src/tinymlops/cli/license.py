@@ -17,7 +17,6 @@ Dates are ISO 8601: ``2030-01-31`` (midnight UTC), ``2030-01-31T12:00`` (UTC) or
 
 from __future__ import annotations
 
-import math
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,8 +35,8 @@ app = typer.Typer(
     help="Prepaid query licenses: issue, top up, revoke, and audit the devices' usage reports.", no_args_is_help=True
 )
 
-DAY_S = 86_400
-MAX_DAYS = 36_500
+#: the validity options as metering.validity names them in its errors (it checks their ranges too)
+OPTIONS = ("--days", "--until")
 #: the exit code of ``audit --fail-on-alert`` when an alert is listed (errors use 2-4)
 ALERT_EXIT = 1
 BAR_WIDTH = 30
@@ -45,41 +44,23 @@ BAR_WIDTH = 30
 FLAGS_SHOWN = 200
 
 LicenseArg = Annotated[str, typer.Argument(help="A license id (32 hex digits).")]
-DaysOpt = Annotated[int | None, typer.Option("--days", min=1, max=MAX_DAYS, help="Valid for this many days.")]
+DaysOpt = Annotated[int | None, typer.Option("--days", help="Valid for this many days (at most 36,500).")]
 UntilOpt = Annotated[
     str | None, typer.Option("--until", help="Valid until this ISO 8601 date or time (exclusive; UTC if no offset).")
 ]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="Only this device's (its id).")]
 
 
-def parse_date(text: str, option: str) -> int:
-    """An ISO 8601 date or date-time as seconds since the epoch (a date is midnight UTC; no offset = UTC)."""
-    try:
-        at = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise UsageError(
-            f"{option}: {text!r} is not an ISO 8601 date or time (e.g. 2030-01-31 or 2030-01-31T12:00Z)"
-        ) from None
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=UTC)
-    seconds = math.floor((at - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds())
-    if seconds < 0:
-        raise UsageError(f"{option}: {text!r} is before 1970")
-    return seconds
+def _end(days: int | None, until: str | None, *, start: int | None, required: bool) -> int | None:
+    from tinymlops.metering.validity import validity_end
+
+    return validity_end(days=days, until=until, start=start, now=time.time(), required=required, names=OPTIONS)
 
 
-def _until(days: int | None, until: str | None, *, start: int | None, now: int) -> int | None:
-    if days is not None and until is not None:
-        raise UsageError("give either --days or --until, not both")
-    if until is not None:
-        end = parse_date(until, "--until")
-    elif days is not None:
-        end = (start if start is not None else now) + days * DAY_S
-    else:
-        return None
-    if end <= (start if start is not None else now):
-        raise UsageError(f"--until {until} is not after " + ("--from" if start is not None else "now"))
-    return end
+def _date(text: str, option: str) -> int:
+    from tinymlops.metering.validity import license_time
+
+    return license_time(text, option)
 
 
 def _open(workspace: Path | None) -> Any:
@@ -187,10 +168,9 @@ def issue_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Issue the root license of a device's chain for a model (a chain that exists: top it up)."""
-    start = None if valid_from is None else parse_date(valid_from, "--from")
-    end = _until(days, until, start=start, now=math.floor(time.time()))
-    if end is None:
-        raise UsageError("give --days N or --until DATE: a license needs an end")
+    start = None if valid_from is None else _date(valid_from, "--from")
+    end = _end(days, until, start=start, required=True)
+    assert end is not None
     with _open(workspace) as ws:
         doc = (
             _service(ws)
@@ -223,7 +203,7 @@ def top_up_cmd(
 ) -> None:
     """Add queries to the chain whose latest license this is (--days counts from now; neither --days nor
     --until: the license's end). A top-up of a revoked license reinstates its chain."""
-    end = _until(days, until, start=None, now=math.floor(time.time()))
+    end = _end(days, until, start=None, required=False)
     with _open(workspace) as ws:
         doc = _service(ws).top_up(license_id, queries=queries, valid_until=end).to_dict()
     if json_out:
@@ -395,4 +375,4 @@ def chains_cmd(device: DeviceOpt = None, workspace: WorkspaceOpt = None, json_ou
     )
 
 
-__all__ = ["ALERT_EXIT", "app", "parse_date", "usage_bar"]
+__all__ = ["ALERT_EXIT", "app", "usage_bar"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+from tinymlops.metering.validity import MAX_VALID_DAYS as MAX_DAYS
 from tinymlops.server.dashboard.charts import svg_text
 from tinymlops.server.dashboard.pages import BASE, esc, layout, when
 from tinymlops.server.dashboard.views_licenses import (
@@ -21,7 +22,6 @@ from tinymlops.server.dashboard.views_licenses import (
 from tinymlops.spec.license import MAX_QUERIES, MAX_REASON_CHARS
 
 LICENSES = f"{BASE}/licenses"
-MAX_DAYS = 36_500
 
 
 def license_href(license_id: str) -> str:

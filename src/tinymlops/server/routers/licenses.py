@@ -38,22 +38,24 @@ device bearer token):
     signature (a bad signature or a broken chain from an authenticated device is flagged as
     ``tamper``).
 
-Times go in as RFC 3339 date-times and come out as seconds since the epoch. Rules JSON Schema cannot
-state (exactly one of ``valid_days`` / ``valid_until``, an end after the start, ``min_version`` ≤
-``max_version``) are a 400 ``SpecError`` naming the fields. A thin shell over
-:class:`~tinymlops.metering.licensing.LicenseService`.
+Times go in as ISO 8601 / RFC 3339 date-times (a date alone is midnight, no offset is UTC:
+:mod:`tinymlops.metering.validity`, as the CLI reads them) and come out as seconds since the epoch.
+Rules JSON Schema cannot state (a date that does not parse, exactly one of ``valid_days`` /
+``valid_until``, an end after the start and in the future, ``min_version`` ≤ ``max_version``, a top-up
+of a license that ran out without a new end) are a 400 ``SpecError`` naming the field (``field``).
+A thin shell over :class:`~tinymlops.metering.licensing.LicenseService`.
 """
 
 from __future__ import annotations
 
-import math
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from tinymlops.errors import SpecError
+from tinymlops.errors import SpecError, UsageError
 from tinymlops.metering.license_signing import REPORT_SIGNATURE_HEADER
 from tinymlops.metering.licensing import (
     CHAIN_STATUSES,
@@ -63,13 +65,13 @@ from tinymlops.metering.licensing import (
     LicenseService,
 )
 from tinymlops.metering.reconcile import FLAG_KINDS
+from tinymlops.metering.validity import MAX_VALID_DAYS, license_time, validity_end
 from tinymlops.server.deps import (
     DEVICE_ID_PATTERN,
     AdminKey,
     CurrentDevice,
     ReadKey,
     ReceivedDep,
-    Services,
     ServicesDep,
 )
 from tinymlops.server.error_responses import error_responses
@@ -77,9 +79,6 @@ from tinymlops.spec.license import MAX_EPOCH, MAX_QUERIES, MAX_REASON_CHARS, MOD
 
 LICENSE_ID_PATTERN = r"^[0-9a-f]{32}$"
 SIGNATURE_PATTERN = r"^[0-9a-f]{128}$"
-#: the longest validity a request may ask for in days (100 years)
-MAX_VALID_DAYS = 36_500
-DAY_S = 86_400
 LicenseStatus = Literal["active", "superseded", "revoked"]
 ChainStatus = Literal["active", "revoked"]
 FlagKind = Literal["rollback", "clone", "tamper", "overuse", "revoked-use", "replay"]
@@ -94,24 +93,8 @@ DeviceQuery = Annotated[
     str | None, Query(pattern=DEVICE_ID_PATTERN, description="Only this device's (16 lower-case hex digits).")
 ]
 ModelQuery = Annotated[str | None, Query(pattern=MODEL_NAME.pattern, description="Only this model's.")]
-#: an RFC 3339 date-time (parsed by the route, which names the field in a clear 400)
+#: an ISO 8601 date-time (read by metering.validity, which names the field in a clear 400)
 Instant = Annotated[str, Field(max_length=64, json_schema_extra={"format": "date-time"})]
-
-
-def _epoch(name: str, text: str) -> int:
-    """An RFC 3339 date-time as whole seconds since the epoch (a fraction rounds down)."""
-    try:
-        at = datetime.fromisoformat(text)
-    except ValueError:
-        raise SpecError(
-            f"field '{name}' must be an RFC 3339 date-time such as 2030-01-31T12:00:00Z, got {text!r:.60}", field=name
-        ) from None
-    if at.tzinfo is None:
-        raise SpecError(f"field '{name}' needs a time zone ({text!r:.60}; e.g. a trailing Z for UTC)", field=name)
-    seconds = math.floor((at - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds())
-    if not 0 <= seconds < MAX_EPOCH:
-        raise SpecError(f"field '{name}' must be between 1970 and the year 33000, got {text!r:.60}", field=name)
-    return seconds
 
 
 # --- request models --------------------------------------------------------------------------------
@@ -265,46 +248,38 @@ class ReportAcceptedOut(BaseModel):
 
 
 # --- operator routes -------------------------------------------------------------------------------
-def _now(services: Services) -> int:
-    return math.floor(services.clock())
-
-
-def _until(services: Services, days: int | None, until: str | None, start: int | None, *, required: bool) -> int | None:
-    """The end of the validity from ``valid_days`` (counted from ``start``, else now) or ``valid_until``."""
-    if days is not None and until is not None:
-        raise SpecError("give either valid_days or valid_until, not both", field="valid_until")
-    if until is not None:
-        return _epoch("valid_until", until)
-    if days is not None:
-        base = start if start is not None else _now(services)
-        return base + days * DAY_S
-    if required:
-        raise SpecError("give valid_days or valid_until: a license needs an end", field="valid_until")
-    return None
+@contextmanager
+def _rules_across_fields() -> Iterator[None]:
+    """A schema-valid body refused by a rule JSON Schema cannot state (metering.validity's, or the
+    service's own checks: a plain UsageError naming the field) is a 400 ``SpecError`` naming that
+    field, the API's answer for such rules; a missing device or license (404) and a conflict (409)
+    pass as they are."""
+    try:
+        yield
+    except UsageError as exc:
+        if type(exc) is not UsageError:
+            raise
+        raise SpecError(exc.message, **exc.details) from None
 
 
 @router.post("/licenses", status_code=201, response_model=LicenseOut, responses=error_responses(404, 409))
 def issue_license(body: IssueRequest, services: ServicesDep, _key: AdminKey) -> LicenseOut:
     """Issue the root license of a device's chain for a model (a chain that exists: top it up)."""
-    start = None if body.valid_from is None else _epoch("valid_from", body.valid_from)
-    until = _until(services, body.valid_days, body.valid_until, start, required=True)
-    assert until is not None
-    now = _now(services)
-    if until <= (start if start is not None else now):
-        raise SpecError("valid_until must be after valid_from (default: now)", field="valid_until")
-    if until <= now:
-        raise SpecError("valid_until must be in the future: the license would be dead", field="valid_until")
-    if body.min_version is not None and body.max_version is not None and body.min_version > body.max_version:
-        raise SpecError(f"min_version ({body.min_version}) is above max_version ({body.max_version})")
-    view = services.licenses.issue(
-        device_id=body.device_id,
-        model=body.model,
-        queries=body.queries,
-        valid_until=until,
-        valid_from=start,
-        min_version=body.min_version,
-        max_version=body.max_version,
-    )
+    with _rules_across_fields():
+        start = None if body.valid_from is None else license_time(body.valid_from, "valid_from")
+        until = validity_end(
+            days=body.valid_days, until=body.valid_until, start=start, now=services.clock(), required=True
+        )
+        assert until is not None
+        view = services.licenses.issue(
+            device_id=body.device_id,
+            model=body.model,
+            queries=body.queries,
+            valid_until=until,
+            valid_from=start,
+            min_version=body.min_version,
+            max_version=body.max_version,
+        )
     return LicenseOut(**view.to_dict())
 
 
@@ -313,17 +288,19 @@ def issue_license(body: IssueRequest, services: ServicesDep, _key: AdminKey) -> 
 )
 def top_up_license(license_id: LicenseIdPath, body: TopUpRequest, services: ServicesDep, _key: AdminKey) -> LicenseOut:
     """Add queries to a chain (and optionally move its end): a new license topping up the latest."""
-    until = _until(services, body.valid_days, body.valid_until, None, required=False)
-    if until is not None and until <= _now(services):
-        raise SpecError("valid_until must be in the future", field="valid_until")
-    view = services.licenses.top_up(license_id, queries=body.queries, valid_until=until)
+    with _rules_across_fields():
+        until = validity_end(
+            days=body.valid_days, until=body.valid_until, start=None, now=services.clock(), required=False
+        )
+        view = services.licenses.top_up(license_id, queries=body.queries, valid_until=until)
     return LicenseOut(**view.to_dict())
 
 
 @router.post("/licenses/{license_id}/revoke", response_model=LicenseOut, responses=error_responses(404, 409))
 def revoke_license(license_id: LicenseIdPath, body: RevokeRequest, services: ServicesDep, _key: AdminKey) -> LicenseOut:
     """Revoke the license's chain; the device refuses metered calls once it has heard of it."""
-    view = services.licenses.revoke(license_id, reason=body.reason.strip())
+    with _rules_across_fields():
+        view = services.licenses.revoke(license_id, reason=body.reason.strip())
     return LicenseOut(**view.to_dict())
 
 
