@@ -149,6 +149,11 @@ def test_top_up_chains_to_the_latest_and_keeps_its_window_start_and_versions(pla
     assert service.get(root.license_id).status == "superseded"
     longer = service.top_up(top.license_id, queries=5, valid_until=T0 + 2 * DAY)
     assert longer.valid_until == T0 + 2 * DAY and longer.chain_licensed == 35
+    # each license of the chain names the one chain
+    assert service.chain(root.license_id) == service.chain(longer.license_id) == service.chains()[0]
+    assert service.chain(root.license_id).latest_license_id == longer.license_id
+    with pytest.raises(NotFoundError):
+        service.chain("ab" * 16)
     with pytest.raises(ConflictError, match=f"top up {longer.license_id}") as exc:
         service.top_up(root.license_id, queries=5)
     assert exc.value.details["latest_license_id"] == longer.license_id

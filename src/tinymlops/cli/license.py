@@ -237,10 +237,8 @@ def show_cmd(license_id: LicenseArg, workspace: WorkspaceOpt = None, json_out: J
     """A license, its chain's usage and position, and the chain's flags."""
     with _open(workspace) as ws:
         service = _service(ws)
-        view = service.get(license_id)
-        chain = next((c for c in service.chains(device_id=view.device_id) if c.model == view.model), None)
-        doc = view.to_dict()
-        doc["chain"] = None if chain is None else chain.to_dict()
+        doc = service.get(license_id).to_dict()
+        doc["chain"] = service.chain(license_id).to_dict()
         doc["flags"] = [f.to_dict() for f in service.audit(license_id=license_id, limit=FLAGS_SHOWN)]
     if json_out:
         emit_json(doc)
@@ -248,13 +246,12 @@ def show_cmd(license_id: LicenseArg, workspace: WorkspaceOpt = None, json_out: J
     _show_license(doc)
     console.print(usage_bar(doc["chain_used"], doc["chain_licensed"]), highlight=False)
     chain = doc["chain"]
-    if chain is not None:
-        forked = " [bold red](forked)[/]" if chain["branches"] > 1 else ""
-        console.print(
-            f"chain: latest {chain['latest_license_id']}, {chain['reports']} report(s), next_seq {chain['next_seq']}, "
-            f"{chain['branches']} branch(es){forked}",
-            highlight=False,
-        )
+    forked = " [bold red](forked)[/]" if chain["branches"] > 1 else ""
+    console.print(
+        f"chain: latest {chain['latest_license_id']}, {chain['reports']} report(s), next_seq {chain['next_seq']}, "
+        f"{chain['branches']} branch(es){forked}",
+        highlight=False,
+    )
     if doc["flags"]:
         _flag_rows(doc["flags"])
     else:

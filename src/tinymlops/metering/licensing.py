@@ -554,30 +554,18 @@ class LicenseService:
             return [_license_view(*row) for row in session.execute(q).all()]
 
     def chains(self, *, device_id: str | None = None) -> list[ChainView]:
-        C, R = LicenseChainRow, LicenseRevocationRow
-        revoked = select(R.license_id).where(R.license_id == C.latest_license_id).exists()
-        q = select(C, revoked, _alerts_of(C.id)).order_by(C.device_id, C.model)
+        """Every (device, model) chain (of one device), by device and model."""
+        q = _chain_select().order_by(LicenseChainRow.device_id, LicenseChainRow.model)
         if device_id is not None:
-            q = q.where(C.device_id == device_id)
+            q = q.where(LicenseChainRow.device_id == device_id)
         with self._sessions() as session:
-            return [
-                ChainView(
-                    device_id=r.device_id,
-                    model=r.model,
-                    root_license_id=r.root_license_id,
-                    latest_license_id=r.latest_license_id,
-                    status="revoked" if is_revoked else "active",
-                    licensed=r.licensed,
-                    reserved=r.used,
-                    next_seq=_next_seq(r),
-                    head=r.head_hash,
-                    branches=r.branches,
-                    reports=r.reports,
-                    last_report_at=r.last_report_at,
-                    alerts=alerts,
-                )
-                for r, is_revoked, alerts in session.execute(q).all()
-            ]
+            return [_chain_view(*row) for row in session.execute(q).all()]
+
+    def chain(self, license_id: str) -> ChainView:
+        """The chain ``license_id`` belongs to (NotFoundError: no such license)."""
+        with self._sessions() as session:
+            chain_id = self._license(session, license_id).chain_id
+            return _chain_view(*session.execute(_chain_select().where(LicenseChainRow.id == chain_id)).one())
 
     def audit(
         self,
@@ -958,6 +946,31 @@ def _alerts_of(chain_id: Any) -> Any:
         .where(F.chain_id == chain_id, F.kind.in_(sorted(ALERT_KINDS)))
         .scalar_subquery()
         .label("alerts")
+    )
+
+
+def _chain_select() -> Select[tuple[LicenseChainRow, bool, int]]:
+    """Chains with whether their latest license is revoked and their alert count (one statement)."""
+    C, R = LicenseChainRow, LicenseRevocationRow
+    revoked = select(R.license_id).where(R.license_id == C.latest_license_id).exists()
+    return select(C, revoked, _alerts_of(C.id))
+
+
+def _chain_view(r: LicenseChainRow, revoked: bool, alerts: int) -> ChainView:
+    return ChainView(
+        device_id=r.device_id,
+        model=r.model,
+        root_license_id=r.root_license_id,
+        latest_license_id=r.latest_license_id,
+        status="revoked" if revoked else "active",
+        licensed=r.licensed,
+        reserved=r.used,
+        next_seq=_next_seq(r),
+        head=r.head_hash,
+        branches=r.branches,
+        reports=r.reports,
+        last_report_at=r.last_report_at,
+        alerts=alerts,
     )
 
 

@@ -150,9 +150,7 @@ def licenses_page(view: LicensesView, who: str) -> str:
     return layout("Licenses", body, who=who)
 
 
-def _chain_summary(chain: ChainRow | None) -> str:
-    if chain is None:
-        return '<p class="empty" id="no-chain">The device has not reported usage of this chain yet.</p>'
+def _chain_summary(chain: ChainRow) -> str:
     forked = chain.branches > 1
     facts = [
         ("status", _status(chain.status)),

@@ -193,7 +193,7 @@ def licenses_view(licenses: LicenseService, *, show: str = "latest") -> Licenses
 class LicenseDetail:
     license: LicenseRow
     chain_licenses: list[LicenseRow]  # root first, then each top-up
-    chain: ChainRow | None  # None: the service has no chain record for it yet
+    chain: ChainRow
     flags: list[FlagRow]  # the chain's: alerts first, then newest first
     can_top_up: bool  # the chain's latest license (revoked included: a top-up reinstates the chain)
     can_revoke: bool  # an active chain's latest license
@@ -204,14 +204,7 @@ def license_detail(licenses: LicenseService, license_id: str) -> LicenseDetail:
     row = LicenseRow.of(licenses.get(license_id).to_dict())
     same = [LicenseRow.of(v.to_dict()) for v in licenses.list(device_id=row.device_id, model=row.model)]
     chain_licenses = _chain_order([r for r in same if r.root_license_id == row.root_license_id])
-    chain = next(
-        (
-            ChainRow.of(c.to_dict())
-            for c in licenses.chains(device_id=row.device_id)
-            if c.root_license_id == row.root_license_id
-        ),
-        None,
-    )
+    chain = ChainRow.of(licenses.chain(license_id).to_dict())
     flags = [FlagRow.of(f.to_dict()) for f in licenses.audit(license_id=license_id, limit=MAX_FLAGS)]
     return LicenseDetail(
         license=row,

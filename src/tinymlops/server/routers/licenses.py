@@ -60,9 +60,6 @@ from tinymlops.metering.license_signing import REPORT_SIGNATURE_HEADER
 from tinymlops.metering.licensing import (
     CHAIN_STATUSES,
     LICENSE_STATUSES,
-    ChainView,
-    FlagView,
-    LicenseService,
 )
 from tinymlops.metering.reconcile import FLAG_KINDS
 from tinymlops.metering.validity import MAX_VALID_DAYS, license_time, validity_end
@@ -197,7 +194,7 @@ class FlagOut(BaseModel):
 
 
 class LicenseDetailOut(LicenseOut):
-    chain: ChainOut | None = Field(description="The chain's position and usage (None: not known yet).")
+    chain: ChainOut = Field(description="The chain's position and usage.")
     flags: list[FlagOut] = Field(description="The chain's flags, newest first.")
 
 
@@ -317,31 +314,18 @@ def list_licenses(
     return [LicenseOut(**v.to_dict()) for v in views]
 
 
-def chain_of(licenses: LicenseService, device_id: str, root_license_id: str) -> ChainView | None:
-    """The chain (a ``ChainView``) whose root is ``root_license_id``; None when the service lists none."""
-    return next((c for c in licenses.chains(device_id=device_id) if c.root_license_id == root_license_id), None)
-
-
 #: the most flags a license's detail carries (the audit endpoint pages through more)
 DETAIL_FLAGS = 200
-
-
-def chain_flags(licenses: LicenseService, license_id: str, *, limit: int = DETAIL_FLAGS) -> list[FlagView]:
-    """The flags of the chain of ``license_id``, newest first."""
-    return licenses.audit(license_id=license_id, limit=limit)
 
 
 @router.get("/licenses/{license_id}", response_model=LicenseDetailOut, responses=error_responses(404))
 def show_license(license_id: LicenseIdPath, services: ServicesDep, _key: ReadKey) -> LicenseDetailOut:
     """One license, its chain's position and usage, and the chain's flags."""
     licenses = services.licenses
-    view = licenses.get(license_id)
-    chain = chain_of(licenses, view.device_id, view.root_license_id)
-    flags = chain_flags(licenses, license_id)
     return LicenseDetailOut(
-        **view.to_dict(),
-        chain=None if chain is None else ChainOut(**chain.to_dict()),
-        flags=[FlagOut(**f.to_dict()) for f in flags],
+        **licenses.get(license_id).to_dict(),
+        chain=ChainOut(**licenses.chain(license_id).to_dict()),
+        flags=[FlagOut(**f.to_dict()) for f in licenses.audit(license_id=license_id, limit=DETAIL_FLAGS)],
     )
 
 
