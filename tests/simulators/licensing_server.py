@@ -5,11 +5,12 @@ device endpoints of the licensing contract as the control plane does, from memor
   included), their revocations, and per model the chain position (``next_seq``, ``head``) of the
   branch the device last reported; it remembers when each revocation was first delivered.
 * ``POST /v1/devices/me/usage`` — the exact bytes of a usage report, the device key's signature in
-  ``X-Tinymlops-Report-Signature``: ``201`` with the range stored and ``next_seq``; ``409
-  DuplicateReportError`` (``digest``, ``next_seq``) for a digest already taken; ``409 ReportGapError``
-  (``first_seq``, ``next_seq``) for a report that starts past the stored head; ``400`` for a
-  malformed report, a bad report signature (recorded as a ``tamper`` flag), a report naming another
-  device or a license the server never issued to it.
+  ``X-Tinymlops-Report-Signature``: ``201`` with the range stored and ``next_seq`` (the stored
+  branch's; for a report whose entries were all stored already — a replay — its ``last_seq + 1``, as
+  the real server does); ``409 DuplicateReportError`` (``digest``, ``next_seq`` = its ``last_seq + 1``)
+  for a digest already taken; ``409 ReportGapError`` (``first_seq``, ``next_seq``) for a report that
+  starts past the stored head; ``400`` for a malformed report, a bad report signature (recorded as a
+  ``tamper`` flag), a report naming another device or a license the server never issued to it.
 
 Both check the request's device signature (:func:`~tinymlops.devices.request_auth.verify_request`,
 nonces remembered) like the real endpoints: a failure is a 401.
@@ -402,7 +403,7 @@ class LicensingServer:
                     "DuplicateReportError",
                     f"usage report {digest} was received before",
                     digest=digest,
-                    next_seq=chain.next_seq,
+                    next_seq=report.last_seq + 1,  # a replay: right after it (the real server's rule)
                 )
             pred = chain.seen.get(report.head_before) if report.first_seq else None
             if report.first_seq and (pred is None or pred.seq != report.first_seq - 1):
@@ -444,7 +445,8 @@ class LicensingServer:
                     issued = next((s for lic, s in chain.licenses if lic.license_id == entry.license_id), None)
                     if issued is None or hashlib.sha256(issued.data).hexdigest() != entry.ref:
                         self._flag("tamper", "alert", device_id, chain.model, entry.license_id, "unknown license")
-            if new == 0:
+            replay = new == 0
+            if replay:
                 self._flag("replay", "info", device_id, chain.model, report.license_id, "every entry already stored")
             self._digests[(device_id, digest)] = chain
             chain.reports.append(report)
@@ -463,7 +465,8 @@ class LicensingServer:
                 "model": chain.model,
                 "first_seq": report.first_seq,
                 "last_seq": report.last_seq,
-                "next_seq": chain.next_seq,
+                # a replay: right after it, never the head (a copy's chain may leave the stored one past it)
+                "next_seq": report.last_seq + 1 if replay else chain.next_seq,
                 "flags": flags,
                 "revoked": revoked,
             }

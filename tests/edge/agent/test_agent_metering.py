@@ -357,6 +357,44 @@ def test_a_restored_ledger_reports_from_where_it_forks_so_the_server_sees_the_ro
         dev.close()
 
 
+def test_a_restored_ledger_forking_past_the_first_chunk_walks_the_replays_to_its_fork(
+    tmp_path: Path, metered_bundles: MeteredBundles, server: LicensingServer
+) -> None:
+    """The backup put back without the sync's state, its fork past the first report chunk: the device
+    reports from 0 in chunks; each chunk the server already holds is a replay answered right after it
+    (the server's rule), so the device walks to the fork and reports it — flagged, and billed."""
+    dev = Device(tmp_path / "a", metered_bundles, server, max_report_entries=2)
+    installed(dev, 100)
+    dev.serve(16)  # seq 1..4
+    dev.cycle()
+    dev.close()
+    metering = tmp_path / "a" / "agent" / METERING_DIR
+    backup = tmp_path / "backup"
+    shutil.copytree(metering, backup)
+    dev = Device(tmp_path / "a", metered_bundles, server, max_report_entries=2)
+    dev.serve(12)  # seq 5..7, reported
+    dev.cycle()
+    dev.close()
+    for item in backup.iterdir():
+        if item.name != STATE_FILE:
+            shutil.copy2(item, metering / item.name)
+    (metering / STATE_FILE).unlink()
+    for stale in metering.glob("*-wal"):
+        stale.unlink()
+    dev = Device(tmp_path / "a", metered_bundles, server, max_report_entries=2)
+    try:
+        dev.serve(3)  # seq 5 again, another entry: the fork
+        sent_before = len(server.usage_bodies)
+        outcome = dev.cycle()
+        assert outcome.ok and [f["kind"] for f in outcome.flags] == ["replay", "replay", "rollback"], outcome.errors
+        firsts = [UsageReport.from_bytes(b).first_seq for b in server.usage_bodies[sent_before:]]
+        assert firsts == [0, 2, 4]  # 0..1 and 2..3 replays, then 4..5 with the fork
+        assert server.chain(dev.device_id, "tiny").reserved() == 16 + 12 + 4
+        dev.assert_server_has_the_whole_chain()
+    finally:
+        dev.close()
+
+
 def test_a_copied_device_reports_its_own_branch_and_the_server_flags_and_bills_both(
     tmp_path: Path, metered_bundles: MeteredBundles, server: LicensingServer
 ) -> None:
