@@ -37,11 +37,21 @@ is flagged on that license's chain too), else the new entries, the report and it
 position moves. See :mod:`tinymlops.metering.reconcile` for what is flagged and why.
 
 **Reading.** :meth:`~LicenseService.get` / :meth:`~LicenseService.list` (newest first) give
-:class:`LicenseView` (the license with its chain's usage: ``chain_used`` counts every reservation
-reported on every branch — what is billed —, ``chain_remaining`` is the queries issued minus those
-reserved and forfeited on the current branch), :meth:`~LicenseService.audit` the flags (newest
-first; ``license_id`` selects the flags of that license's chain), :meth:`~LicenseService.chains`
-every chain's position. Bad input raises the UsageError family (400/404/409).
+:class:`LicenseView` (the license with its chain's usage), :meth:`~LicenseService.audit` the flags
+(newest first; ``license_id`` selects the flags of that license's chain),
+:meth:`~LicenseService.chains` / :meth:`~LicenseService.chain` every chain's (one chain's) position.
+Bad input raises the UsageError family (400/404/409), naming the field.
+
+**Usage, in the same words everywhere** (API, CLI, dashboard):
+
+* *licensed* — the queries of every license of the chain (``chain_licensed``, ``ChainView.licensed``);
+* *used* — the queries reserved as the device reported them, summed over **every branch** of its
+  ledger: what is billed (``chain_used``, ``ChainView.reserved``). A restored or cloned ledger adds
+  its branch's reservations, so *used* can pass *licensed*;
+* *remaining* — what the **current branch** (the copy that reported last) may still reserve:
+  licensed minus the reservations and forfeits on that branch, at least 0 (``chain_remaining``). On
+  a forked chain (``branches`` > 1) *used* + *remaining* can exceed *licensed*: the other copies'
+  use is billed, not taken from this copy's allowance.
 """
 
 from __future__ import annotations
@@ -145,9 +155,9 @@ class LicenseView:
     revoked_at: int | None
     revoke_reason: str | None
     root_license_id: str
-    chain_licensed: int  # queries of every license of the chain
-    chain_used: int  # queries reserved as reported, every branch (what is billed)
-    chain_remaining: int  # chain_licensed - reserved - forfeited on the current branch, >= 0
+    chain_licensed: int  # licensed: queries of every license of the chain
+    chain_used: int  # used: queries reserved as reported, every branch (what is billed)
+    chain_remaining: int  # remaining: chain_licensed - reserved - forfeited on the current branch, >= 0
     last_report_at: float | None
     alerts: int  # alert flags on the chain
     data: str  # base64 (standard, padded) of the exact signed license bytes
@@ -274,8 +284,9 @@ class FlagView:
 @dataclass(frozen=True)
 class ChainView:
     """One (device, model) chain: its licenses' totals and the server's position in its usage ledger.
-    ``licensed`` is every license of the chain, ``reserved`` the reservations reported on every
-    branch; ``next_seq``/``head`` are the current branch's; ``branches`` is 0 before any report."""
+    ``licensed`` is every license of the chain, ``reserved`` what is *used* (the reservations reported
+    on every branch: its licenses' ``chain_used``); ``next_seq``/``head`` are the current branch's;
+    ``branches`` is 0 before any report."""
 
     device_id: str
     model: str

@@ -97,7 +97,8 @@ def _license_rows(rows: list[LicenseRow]) -> str:
 
 LICENSE_HEAD = (
     "<thead><tr><th>license</th><th>device</th><th>model</th><th>status</th><th>used / licensed</th>"
-    "<th>used</th><th>licensed</th><th>remaining</th><th>valid until</th><th>last report</th><th>alerts</th>"
+    '<th>used</th><th>licensed</th><th title="what the current branch of the ledger may still reserve">remaining'
+    "</th><th>valid until</th><th>last report</th><th>alerts</th>"
     "</tr></thead>"
 )
 
@@ -155,7 +156,7 @@ def _chain_summary(chain: ChainRow) -> str:
     facts = [
         ("status", _status(chain.status)),
         ("latest license", _license_link(chain.latest_license_id, "latest-link")),
-        ("reserved / licensed", f'<span id="chain-reserved">{chain.reserved}</span> / {chain.licensed}'),
+        ("used / licensed", f'<span id="chain-reserved">{chain.reserved}</span> / {chain.licensed}'),
         ("next_seq", f'<span id="chain-next-seq">{chain.next_seq}</span>'),
         ("head", f'<code id="chain-head">{esc(chain.head or "–")}</code>'),
         (
@@ -217,7 +218,7 @@ def license_page(detail: LicenseDetail, who: str, *, csrf: str | None = None, er
         (
             "used / licensed",
             f'<span id="chain-used">{r.used}</span> / <span id="chain-licensed">{r.licensed}</span>, '
-            f'<span id="chain-remaining">{r.remaining}</span> remaining',
+            f'<span id="chain-remaining">{r.remaining}</span> remaining on the current branch',
         ),
         ("last report", esc(when(r.last_report_at))),
     ]

@@ -45,9 +45,9 @@ class LicenseRow:
     valid_from: datetime
     valid_until: datetime
     issued_at: datetime
-    used: int  # the chain's reserved queries, every branch
+    used: int  # the chain's used queries: reserved on every branch (billed)
     licensed: int  # the chain's licensed queries
-    remaining: int  # licensed - reserved on the current branch
+    remaining: int  # what the current branch may still reserve (LicenseView.chain_remaining)
     last_report_at: datetime | None
     alerts: int
     revoked_at: datetime | None
@@ -134,7 +134,7 @@ class ChainRow:
     latest_license_id: str
     status: str  # active | revoked
     licensed: int
-    reserved: int
+    reserved: int  # used: reserved on every branch (ChainView.reserved)
     next_seq: int
     head: str | None
     branches: int

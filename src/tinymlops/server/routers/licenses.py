@@ -150,9 +150,15 @@ class LicenseOut(BaseModel):
     revoked_at: float | None
     revoke_reason: str | None
     root_license_id: str
-    chain_licensed: int = Field(description="Queries of the whole chain.")
-    chain_used: int = Field(description="Queries reserved as the device reported (every branch).")
-    chain_remaining: int = Field(description="Licensed minus reserved on the current branch (>= 0).")
+    chain_licensed: int = Field(description="Licensed: the queries of every license of the chain.")
+    chain_used: int = Field(
+        description="Used: the queries reserved as the device reported them, on every branch of its ledger "
+        "(what is billed; more than licensed when copies of a restored or cloned ledger both served)."
+    )
+    chain_remaining: int = Field(
+        description="Remaining: what the current branch (the copy that reported last) may still reserve — licensed "
+        "minus the reservations and forfeits on it, >= 0. On a forked chain used + remaining can exceed licensed."
+    )
     last_report_at: float | None
     alerts: int = Field(description="Alert flags on the chain.")
     data: str = Field(description="The exact signed license bytes, base64.")
@@ -165,8 +171,8 @@ class ChainOut(BaseModel):
     root_license_id: str
     latest_license_id: str
     status: ChainStatus
-    licensed: int
-    reserved: int
+    licensed: int = Field(description="Licensed: the queries of every license of the chain.")
+    reserved: int = Field(description="Used: the queries reserved on every branch (its licenses' chain_used).")
     next_seq: int = Field(description="The first ledger entry not received on the device's current branch.")
     head: str | None = Field(description="Hash of entry next_seq - 1 (None when next_seq is 0).")
     branches: int = Field(description="Branches of the chain the server has seen (more than 1: a fork).")
