@@ -31,7 +31,7 @@ from tinymlops.errors import (
 )
 from tinymlops.metering.license_signing import USAGE_REPORT_DOMAIN, SignedUsageReport
 from tinymlops.metering.licensing import ReportResult
-from tinymlops.metering.schema import UsageReportRow
+from tinymlops.metering.schema import LicenseRevocationRow, UsageReportRow
 from tinymlops.spec.license import License
 from tinymlops.spec.usage_report import MAX_REPORT_BYTES, UsageReport
 
@@ -356,11 +356,14 @@ def test_use_after_the_revocation_reached_a_patched_device_is_flagged_revoked_us
     device.flush()
     clock.now = T0 + 100
     service.revoke(device.meter.current_license_id, reason="stolen")
-    device.sync(revocations=False)  # delivered at T0 + 100; this device ignores it
+    device.sync(revocations=False)  # sent at T0 + 100; this device ignores it
     clock.now = T0 + 120  # still within the grace: a block written while fetching
     device.serve(4)
-    [result] = device.flush()
+    [result] = device.flush()  # its report confirms the delivery at T0 + 100
     assert result.flags == ()  # type: ignore[union-attr]
+    clock.now = T0 + 200
+    device.sync(revocations=False)  # sent again: a delivery once confirmed does not move
+    assert _delivered(plane) == T0 + 100
     clock.now = T0 + 100 + 301
     device.serve(8)
     [result] = device.flush()
@@ -368,6 +371,36 @@ def test_use_after_the_revocation_reached_a_patched_device_is_flagged_revoked_us
     assert result.revoked == (device.meter.current_license_id,)  # type: ignore[union-attr]
     assert _used(service, device) == 16  # billed all the same
     device.close()
+
+
+def test_an_honest_device_whose_answer_carrying_a_revocation_was_lost_is_not_flagged(plane, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A revocation served in an answer the device never got (the connection dropped) has not reached
+    it: the device serves on, honestly, until its next contact gets the revocation — then writes the
+    revoke entry and reports. Its reservations in between are no revoked-use: the server counts a
+    revocation as delivered when the device reports after having been sent it (the agent reports only
+    after it has installed what it fetched), from the last time it was sent."""
+    _, service, _, clock = plane
+    device = _licensed(plane, tmp_path)
+    device.serve(4)
+    device.flush()
+    clock.now = T0 + 100
+    service.revoke(device.meter.current_license_id, reason="chargeback")
+    service.for_device(device.id, model=MODEL)  # served; the answer is lost on the way
+    clock.now = T0 + 100 + 3600  # an hour offline, serving as it may
+    device.serve(40)
+    clock.now += 60
+    assert device.sync()[1] == [device.meter.current_license_id]  # the next contact: revoked on the device
+    assert _delivered(plane) is None  # sent twice, reported after neither yet
+    [result] = device.flush()
+    assert result.flags == () and result.revoked == (device.meter.current_license_id,)  # type: ignore[union-attr]
+    assert _delivered(plane) == T0 + 100 + 3660  # the sending the report came after
+    assert _kinds(service, device) == [] and _used(service, device) == 44
+    device.close()
+
+
+def _delivered(plane) -> float | None:  # type: ignore[no-untyped-def]
+    with plane[0].engine.connect() as conn:
+        return conn.scalar(select(LicenseRevocationRow.delivered_at))
 
 
 # --- bodies and headers --------------------------------------------------------------------------------

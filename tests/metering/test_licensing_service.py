@@ -253,7 +253,8 @@ def test_for_device_hands_licenses_in_chain_order_and_records_the_first_delivery
         service.for_device("0" * 16)
     bare = key_id(enrol_device(ws).signing)
     assert service.for_device(bare).to_dict() == {"device_id": bare, "licenses": [], "revocations": [], "chains": []}
-    # deliveries: the first fetch after a revocation is recorded, a later one does not move it
+    # each sending of a revocation is recorded until a report of the device confirms one (the attacks'
+    # tests follow it to the report); until then it is not delivered
     clock.now = T0 + 10
     service.revoke(top.license_id, reason="unpaid")
     clock.now = T0 + 20
@@ -261,12 +262,12 @@ def test_for_device_hands_licenses_in_chain_order_and_records_the_first_delivery
     assert set(first["revocations"][0]) == {"license_id", "model", "data", "signature"}
     clock.now = T0 + 30
     service.for_device(device_id, model=MODEL)
-    from tinymlops.metering.schema import LicenseRevocationRow
+    from sqlalchemy import select
+
+    from tinymlops.metering.schema import LicenseRevocationRow as R
 
     with ws.engine.connect() as conn:
-        from sqlalchemy import select
-
-        assert conn.scalar(select(LicenseRevocationRow.delivered_at)) == T0 + 20
+        assert conn.execute(select(R.served_at, R.delivered_at)).one() == (T0 + 30, None)
 
 
 def test_audit_and_lookups_refuse_bad_input(plane) -> None:  # type: ignore[no-untyped-def]

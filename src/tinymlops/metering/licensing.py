@@ -13,8 +13,11 @@ workspace's release key: devices trust it already; the signatures are domain-sep
 :mod:`tinymlops.metering.license_signing`).
 
 **Devices.** :meth:`~LicenseService.for_device` is what ``GET /devices/me/licenses`` answers: the
-device's licenses in chain order, the signed revocations (the first delivery of each is recorded:
-``revoked-use`` is judged from it) and, per chain, the server's position in the usage ledger.
+device's licenses in chain order, the signed revocations and, per chain, the server's position in
+the usage ledger. A revocation counts as *delivered* (``revoked-use`` is judged from then) when the
+device reports usage of its chain after it was sent — the agent reports only after installing what
+it fetched, so an answer lost on the way (the device serving on, honestly, until its next contact)
+is not taken for a delivery — at the last time it was sent before that report.
 :meth:`~LicenseService.ingest_report` takes a usage report (``POST /devices/me/usage``) and, in this
 order: refuses a body over the limit (:class:`~tinymlops.errors.PayloadTooLargeError`), a missing or
 malformed signature header (:class:`~tinymlops.errors.SignatureError`); then verifies the report
@@ -508,6 +511,7 @@ class LicenseService:
                     digest=hashlib.sha256(signed.data).hexdigest(),
                     data=signed.data,
                     signature=signed.signature.hex(),
+                    served_at=None,
                     delivered_at=None,
                 )
             )
@@ -624,14 +628,14 @@ class LicenseService:
                 .where(LicenseRevocationRow.chain_id.in_(ids))
                 .order_by(LicenseRow.model, LicenseRow.position)
             ).all()
-            undelivered = [r.license_id for r, _ in revocations if r.delivered_at is None]
-            if undelivered:
+            unconfirmed = [r.license_id for r, _ in revocations if r.delivered_at is None]
+            if unconfirmed:  # sent again: the device's next report confirms this sending (see _confirm_delivery)
                 session.execute(
                     update(LicenseRevocationRow)
                     .where(
-                        LicenseRevocationRow.license_id.in_(undelivered), LicenseRevocationRow.delivered_at.is_(None)
+                        LicenseRevocationRow.license_id.in_(unconfirmed), LicenseRevocationRow.delivered_at.is_(None)
                     )
-                    .values(delivered_at=now)
+                    .values(served_at=now)
                 )
                 session.commit()
             return DeviceLicenses(
@@ -718,6 +722,7 @@ class LicenseService:
                     )
                 )
                 assert chain is not None  # a license issued to the device belongs to one of its chains
+                self._confirm_delivery(session, chain.id)
                 decision = reconcile(self._snapshot(session, chain, report, named), report)
                 if isinstance(decision, Gap):
                     raise ReportGapError(
@@ -887,6 +892,19 @@ class LicenseService:
             revocations=revocations,
             clone_pairs=frozenset((a, b) for a, b in chain.clone_pairs or ()),
             revoked_use_grace=self.revoked_use_grace,
+        )
+
+    @staticmethod
+    def _confirm_delivery(session: Session, chain_id: int) -> None:
+        """The device reports: the revocations of the chain sent to it before have reached it — the
+        agent reports only after it has installed what it fetched; an answer lost on the way is not
+        followed by a report, and is sent again at the next contact. Delivered: when last sent."""
+        R = LicenseRevocationRow
+        session.execute(
+            update(R)
+            .where(R.chain_id == chain_id, R.delivered_at.is_(None), R.served_at.is_not(None))
+            .values(delivered_at=R.served_at)
+            .execution_options(synchronize_session=False)
         )
 
     @staticmethod

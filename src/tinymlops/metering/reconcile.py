@@ -141,7 +141,7 @@ class IssuedRevocation:
     license_id: str
     digest: str
     position: int  # the revoked license's position in the chain
-    delivered_at: float | None  # server clock; None: not delivered yet
+    delivered_at: float | None  # server clock: when the device had it (None: not known to have it yet)
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,9 @@
                          reported (all branches), the pairs of branches already flagged as clones
 ``licenses``             every license issued (root or top-up): its fields, its place in the chain,
                          the exact signed bytes, the issuer's signature and their digest
-``license_revocations``  the signed revocation of a chain's latest license, and when it was first
-                         delivered to the device (``revoked-use`` is judged from then)
+``license_revocations``  the signed revocation of a chain's latest license, when it was last sent to
+                         the device, and when it was delivered (the last sending before a usage
+                         report of the chain came in: ``revoked-use`` is judged from then)
 ``usage_reports``        every usage report accepted: its range, heads, counts, the device's
                          signature and the exact bytes it covers — empty for a report that brought
                          no new entry (a replay: the entries' signed words are in the reports that
@@ -108,7 +109,8 @@ class LicenseRevocationRow(Base):
     digest: Mapped[str] = mapped_column(String(64))  # what the ledger's revoke entry commits to
     data: Mapped[bytes] = mapped_column(LargeBinary)
     signature: Mapped[str] = mapped_column(String(128))  # hex Ed25519 over REVOCATION_DOMAIN + data
-    delivered_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # first sent to the device
+    served_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # last sent, while not delivered
+    delivered_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # confirmed by a report
 
 
 class UsageReportRow(Base):

@@ -102,6 +102,7 @@ def upgrade() -> None:
         sa.Column("digest", sa.String(length=64), nullable=False),
         sa.Column("data", sa.LargeBinary(), nullable=False),
         sa.Column("signature", sa.String(length=128), nullable=False),
+        sa.Column("served_at", sa.Float(), nullable=True),
         sa.Column("delivered_at", sa.Float(), nullable=True),
         sa.ForeignKeyConstraint(["chain_id"], ["license_chains.id"], ondelete="CASCADE"),
         sa.ForeignKeyConstraint(["license_id"], ["licenses.license_id"], ondelete="CASCADE"),
