@@ -398,6 +398,27 @@ def test_an_honest_device_whose_answer_carrying_a_revocation_was_lost_is_not_fla
     device.close()
 
 
+def test_a_device_forking_its_chain_over_and_over_adds_one_flag_row(plane, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Forks cost a hostile device nothing: a license entry at seq 0 with a fresh nonce is a new
+    branch each time (no reservation: nothing billed). Every entry is kept — they are the device's
+    signed word — but the rollback flags of one device on one chain within the window are one row."""
+    _, service, _, clock = plane
+    device = _licensed(plane, tmp_path)
+    device.serve(4)
+    device.flush()
+    [install] = [e for e in _entries(device) if e.kind == "license"]
+    for i in range(30):
+        clock.now += 1
+        fork = dataclasses.replace(install, nonce=f"{i:016x}")
+        result = device.post(_signed(device, [fork]))
+        assert [f.kind for f in result.flags] == ["rollback"]
+    flags = service.audit(device_id=device.id, limit=1000)
+    assert [(f.kind, f.repeats) for f in flags] == [("rollback", 30)], f"{len(flags)} rows for 30 forks"
+    [chain] = service.chains(device_id=device.id)
+    assert (chain.branches, chain.alerts, chain.reserved) == (31, 1, 4)
+    device.close()
+
+
 def _delivered(plane) -> float | None:  # type: ignore[no-untyped-def]
     with plane[0].engine.connect() as conn:
         return conn.scalar(select(LicenseRevocationRow.delivered_at))

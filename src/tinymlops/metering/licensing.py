@@ -780,8 +780,7 @@ class LicenseService:
         if decision.new:
             session.execute(insert(UsageEntryRow), [_entry_values(chain.id, row.id, s) for s in decision.new])
         for flag in decision.flags:
-            # a replay adds nothing to the chain: repeated, it is counted on one row
-            _record_flag(session, device_id, chain.id, chain.model, flag, row.id, now, coalesce=flag.kind == "replay")
+            _record_flag(session, device_id, chain.id, chain.model, flag, row.id, now)
         if decision.head is not None and decision.new:
             head = decision.new[-1]
             chain.head_seq, chain.head_hash = decision.head
@@ -836,12 +835,11 @@ class LicenseService:
     def _flag_alone(
         self, device_id: str, chain_id: int | None, flag: Flag, model: str | None, *, report_id: int | None = None
     ) -> None:
-        """Record a flag in a transaction of its own (the report that raised it is refused), coalesced
-        with the same device's last flag of its kind on the chain (one device's flags are written one
-        at a time: the device's row is written first)."""
+        """Record a flag in a transaction of its own (the report that raised it is refused); one
+        device's flags are written one at a time (the device's row is written first)."""
         with self._sessions() as session:
             self._lock_device(session, device_id)
-            _record_flag(session, device_id, chain_id, model, flag, report_id, self._clock(), coalesce=True)
+            _record_flag(session, device_id, chain_id, model, flag, report_id, self._clock())
             session.commit()
 
     # --- loading what reconcile needs ---------------------------------------------------------------
@@ -1124,24 +1122,23 @@ def _record_flag(
     flag: Flag,
     report_id: int | None,
     now: float,
-    *,
-    coalesce: bool,
 ) -> None:
-    """Store ``flag``; with ``coalesce``, count it on the device's last flag of the same kind on the
-    same chain when that one was last raised within :data:`FLAG_COALESCE_S`."""
+    """Store ``flag``, or count it on the device's last flag of the same kind on the same chain when
+    that one was last raised within :data:`FLAG_COALESCE_S`: whatever a device sends — refused
+    reports, replays, forks that cost it nothing (a license entry with a fresh nonce at seq 0) — its
+    flags grow by at most one row per kind and chain an hour."""
     F = LicensingFlagRow
-    if coalesce:
-        same_chain = F.chain_id.is_(None) if chain_id is None else F.chain_id == chain_id
-        last = session.scalar(
-            select(F)
-            .where(F.device_id == device_id, same_chain, F.kind == flag.kind, F.last_at >= now - FLAG_COALESCE_S)
-            .order_by(F.id.desc())
-            .limit(1)
-        )
-        if last is not None:
-            last.repeats += 1
-            last.last_at = max(last.last_at, now)
-            return
+    same_chain = F.chain_id.is_(None) if chain_id is None else F.chain_id == chain_id
+    last = session.scalar(
+        select(F)
+        .where(F.device_id == device_id, same_chain, F.kind == flag.kind, F.last_at >= now - FLAG_COALESCE_S)
+        .order_by(F.id.desc())
+        .limit(1)
+    )
+    if last is not None:
+        last.repeats += 1
+        last.last_at = max(last.last_at, now)
+        return
     session.add(
         F(
             chain_id=chain_id,
