@@ -566,7 +566,7 @@ class LicenseService:
             latest = C.latest_license_id == L.license_id
             q = q.where(R.license_id.is_(None), latest if status == "active" else ~latest)
         with self._sessions() as session:
-            return [_license_view(*row) for row in session.execute(q).all()]
+            return [_license_view(row) for row in session.execute(q).all()]
 
     def chains(self, *, device_id: str | None = None) -> list[ChainView]:
         """Every (device, model) chain (of one device), by device and model."""
@@ -574,13 +574,13 @@ class LicenseService:
         if device_id is not None:
             q = q.where(LicenseChainRow.device_id == device_id)
         with self._sessions() as session:
-            return [_chain_view(*row) for row in session.execute(q).all()]
+            return [_chain_view(row) for row in session.execute(q).all()]
 
     def chain(self, license_id: str) -> ChainView:
         """The chain ``license_id`` belongs to (NotFoundError: no such license)."""
         with self._sessions() as session:
             chain_id = self._license(session, license_id).chain_id
-            return _chain_view(*session.execute(_chain_select().where(LicenseChainRow.id == chain_id)).one())
+            return _chain_view(session.execute(_chain_select().where(LicenseChainRow.id == chain_id)).one())
 
     def audit(
         self,
@@ -960,8 +960,7 @@ class LicenseService:
 
     @staticmethod
     def _view(session: Session, license_id: str) -> LicenseView:
-        row = session.execute(_view_select().where(LicenseRow.license_id == license_id)).one()
-        return _license_view(*row)
+        return _license_view(session.execute(_view_select().where(LicenseRow.license_id == license_id)).one())
 
 
 def _alerts_of(chain_id: Any) -> Any:
@@ -976,44 +975,86 @@ def _alerts_of(chain_id: Any) -> Any:
     )
 
 
-def _chain_select() -> Select[tuple[LicenseChainRow, bool, int]]:
-    """Chains with whether their latest license is revoked and their alert count (one statement)."""
+def _chain_select() -> Select[Any]:
+    """Chains with whether their latest license is revoked and their alert count: one statement,
+    plain columns (no ORM objects to build per row)."""
     C, R = LicenseChainRow, LicenseRevocationRow
     revoked = select(R.license_id).where(R.license_id == C.latest_license_id).exists()
-    return select(C, revoked, _alerts_of(C.id))
+    return select(
+        C.device_id,
+        C.model,
+        C.root_license_id,
+        C.latest_license_id,
+        revoked.label("revoked"),
+        C.licensed,
+        C.used,
+        C.head_seq,
+        C.head_hash,
+        C.branches,
+        C.reports,
+        C.last_report_at,
+        _alerts_of(C.id),
+    )
 
 
-def _chain_view(r: LicenseChainRow, revoked: bool, alerts: int) -> ChainView:
+def _chain_view(r: Any) -> ChainView:
     return ChainView(
         device_id=r.device_id,
         model=r.model,
         root_license_id=r.root_license_id,
         latest_license_id=r.latest_license_id,
-        status="revoked" if revoked else "active",
+        status="revoked" if r.revoked else "active",
         licensed=r.licensed,
         reserved=r.used,
-        next_seq=_next_seq(r),
+        next_seq=0 if r.head_seq is None else r.head_seq + 1,
         head=r.head_hash,
         branches=r.branches,
         reports=r.reports,
         last_report_at=r.last_report_at,
-        alerts=alerts,
+        alerts=r.alerts,
     )
 
 
-def _view_select() -> Select[tuple[LicenseRow, LicenseChainRow, LicenseRevocationRow | None, int]]:
-    """Licenses with their chain, their revocation (None: not revoked) and the chain's alert count:
-    one statement however many licenses it lists."""
+def _view_select() -> Select[Any]:
+    """Licenses with their chain's usage, their revocation (None: not revoked) and the chain's alert
+    count: one statement however many licenses it lists, plain columns (no ORM objects per row)."""
     L, C, R = LicenseRow, LicenseChainRow, LicenseRevocationRow
     return (
-        select(L, C, R, _alerts_of(L.chain_id)).join(C, C.id == L.chain_id).outerjoin(R, R.license_id == L.license_id)
+        select(
+            L.license_id,
+            L.device_id,
+            L.model,
+            L.queries,
+            L.valid_from,
+            L.valid_until,
+            L.min_version,
+            L.max_version,
+            L.previous_license_id,
+            L.issued_at,
+            L.issuer_key_id,
+            L.data,
+            L.signature,
+            C.latest_license_id,
+            C.root_license_id,
+            C.licensed,
+            C.used,
+            C.branch_reserved,
+            C.branch_forfeited,
+            C.last_report_at,
+            R.license_id.label("revoked_id"),
+            R.revoked_at,
+            R.reason,
+            _alerts_of(L.chain_id),
+        )
+        .join(C, C.id == L.chain_id)
+        .outerjoin(R, R.license_id == L.license_id)
     )
 
 
-def _license_view(r: LicenseRow, chain: LicenseChainRow, rev: LicenseRevocationRow | None, alerts: int) -> LicenseView:
-    if rev is not None:
+def _license_view(r: Any) -> LicenseView:
+    if r.revoked_id is not None:
         status = "revoked"
-    elif chain.latest_license_id != r.license_id:
+    elif r.latest_license_id != r.license_id:
         status = "superseded"
     else:
         status = "active"
@@ -1030,14 +1071,14 @@ def _license_view(r: LicenseRow, chain: LicenseChainRow, rev: LicenseRevocationR
         issued_at=r.issued_at,
         issuer_key_id=r.issuer_key_id,
         status=status,
-        revoked_at=None if rev is None else rev.revoked_at,
-        revoke_reason=None if rev is None else rev.reason,
-        root_license_id=chain.root_license_id,
-        chain_licensed=chain.licensed,
-        chain_used=chain.used,
-        chain_remaining=max(0, chain.licensed - chain.branch_reserved - chain.branch_forfeited),
-        last_report_at=chain.last_report_at,
-        alerts=alerts,
+        revoked_at=r.revoked_at,
+        revoke_reason=r.reason,
+        root_license_id=r.root_license_id,
+        chain_licensed=r.licensed,
+        chain_used=r.used,
+        chain_remaining=max(0, r.licensed - r.branch_reserved - r.branch_forfeited),
+        last_report_at=r.last_report_at,
+        alerts=r.alerts,
         data=_b64(r.data),
         signature=r.signature,
     )
