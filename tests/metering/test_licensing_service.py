@@ -214,6 +214,9 @@ def test_list_is_newest_first_and_filters(plane) -> None:  # type: ignore[no-unt
         clock.now = T0 + i
         made.append(service.issue(device_id=device, model=model, queries=5, valid_until=T0 + DAY).license_id)
     assert [v.license_id for v in service.list()] == made[::-1]
+    assert [v.license_id for v in service.list(limit=2)] == made[:0:-1]  # the newest two
+    with pytest.raises(UsageError, match="limit"):
+        service.list(limit=0)
     assert [v.license_id for v in service.list(device_id=a)] == [made[2], made[0]]
     assert [v.license_id for v in service.list(model=MODEL)] == [made[1], made[0]]
     assert service.list(device_id="f" * 16) == []

@@ -301,3 +301,28 @@ def test_the_top_up_form_is_terms_or_a_message_never_an_exception(fields: dict[s
     else:
         queries, until = terms
         assert 1 <= queries <= 10**12 and (until is None or until > 1_800_000_000)
+
+
+def test_the_licenses_page_reads_only_the_newest_licenses(monkeypatch: pytest.MonkeyPatch, workspace: Any) -> None:
+    """A fleet's every license is tens of thousands: the page reads the newest MAX_LICENSES and says
+    where the others are (here MAX_LICENSES is 3, and 5 are issued)."""
+    from enrolled_devices import enrol_device
+    from licensing_world import DAY, licensing
+    from metering_world import T0
+    from tinymlops.crypto.keys import key_id
+    from tinymlops.server.dashboard import pages_licenses, views_licenses
+
+    service, _, clock = licensing(workspace)
+    issued = []
+    for _ in range(5):
+        clock.now += 1
+        device = key_id(enrol_device(workspace).signing)
+        issued.append(service.issue(device_id=device, model=MODEL, queries=5, valid_until=T0 + DAY).license_id)
+    monkeypatch.setattr(views_licenses, "MAX_LICENSES", 3)
+    view = views_licenses.licenses_view(service, show="all")
+    assert [r.license_id for r in view.licenses] == issued[:1:-1] and view.truncated
+    assert "Of the newest 3 licenses only" in pages_licenses.licenses_page(view, "who")
+    monkeypatch.setattr(views_licenses, "MAX_LICENSES", 5)
+    view = views_licenses.licenses_view(service, show="all")
+    assert len(view.licenses) == 5 and not view.truncated
+    assert 'id="licenses-truncated"' not in pages_licenses.licenses_page(view, "who")

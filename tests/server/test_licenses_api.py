@@ -445,6 +445,9 @@ def test_the_device_filters_its_licenses_by_model(plane: Plane) -> None:
     assert client.request("GET", "/v1/devices/me/licenses?model=bad%20name", check=False).status == 422
     listed = plane.admin.get("/v1/licenses", params={"model": "kws"}).json()
     assert [x["license_id"] for x in listed] == [b["license_id"]]
+    newest = plane.admin.get("/v1/licenses", params={"limit": 1}).json()
+    assert len(newest) == 1 and newest[0]["device_id"] == other.device_id  # the last issued
+    assert plane.admin.get("/v1/licenses", params={"limit": 0}).status_code == 422
 
 
 def test_the_openapi_documents_every_licensing_route(plane: Plane) -> None:

@@ -7,7 +7,7 @@ serves what this writes, and devices fetch it at their next contact).
   a revoked chain reinstates it); ``--days`` counts from now;
 * ``revoke LICENSE --reason TEXT`` — revoke the chain; the device refuses once it has heard of it;
 * ``show LICENSE`` — the license, its chain's usage and position, the chain's flags;
-* ``list [--device] [--model] [--status]`` — licenses, newest first;
+* ``list [--device] [--model] [--status] [--limit]`` — licenses, newest first (the newest 100);
 * ``audit [--device] [--kind] [--license] [--fail-on-alert]`` — what reconciliation of the usage
   reports flagged (alerts in red); ``--fail-on-alert`` exits 1 when an alert is listed (for cron/CI);
 * ``chains [--device]`` — every chain's usage, acknowledged position and branches.
@@ -263,12 +263,13 @@ def list_cmd(
     device: DeviceOpt = None,
     model: Annotated[str | None, typer.Option("--model", help="Only this model's.")] = None,
     status: Annotated[str | None, typer.Option("--status", help="active, superseded or revoked.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=100_000, help="How many, newest first.")] = 100,
     workspace: WorkspaceOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Licenses, newest first."""
+    """Licenses, newest first (the newest 100 unless --limit says otherwise)."""
     with _open(workspace) as ws:
-        docs = [v.to_dict() for v in _service(ws).list(device_id=device, model=model, status=status)]
+        docs = [v.to_dict() for v in _service(ws).list(device_id=device, model=model, status=status, limit=limit)]
     if json_out:
         emit_json(docs)
         return

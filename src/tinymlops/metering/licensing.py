@@ -128,6 +128,8 @@ _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 _HEX16 = re.compile(r"^[0-9a-f]{16}$")
 _SIG_HEX = re.compile(r"^[0-9a-f]{128}$")
 MAX_AUDIT_LIMIT = 1000
+#: the most licenses one list() returns when asked for a limit
+MAX_LIST_LIMIT = 100_000
 #: a flag raised again by the same device on the same chain (of the same kind) within this many
 #: seconds of its last raising is counted on the stored row (``repeats``), not added as a new one
 FLAG_COALESCE_S = 3600.0
@@ -547,13 +549,20 @@ class LicenseService:
             return self._view(session, license_id)
 
     def list(
-        self, *, device_id: str | None = None, model: str | None = None, status: str | None = None
+        self,
+        *,
+        device_id: str | None = None,
+        model: str | None = None,
+        status: str | None = None,
+        limit: int | None = None,
     ) -> list[LicenseView]:
-        """Licenses, newest first, optionally of one device / model / status."""
+        """Licenses, newest first, optionally of one device / model / status; at most ``limit`` (the
+        newest; None: every one — a fleet's every license is tens of thousands)."""
         if status is not None and status not in LICENSE_STATUSES:
             raise UsageError(
                 f"license status must be one of {', '.join(LICENSE_STATUSES)}, got {status!r:.40}", field="status"
             )
+        _check_int("limit", limit, 1, MAX_LIST_LIMIT, nullable=True)
         L, C, R = LicenseRow, LicenseChainRow, LicenseRevocationRow
         q = _view_select().order_by(L.created_at.desc(), L.position.desc())
         if device_id is not None:
@@ -565,6 +574,8 @@ class LicenseService:
         elif status is not None:  # not revoked, and the chain's latest (active) or not (superseded)
             latest = C.latest_license_id == L.license_id
             q = q.where(R.license_id.is_(None), latest if status == "active" else ~latest)
+        if limit is not None:
+            q = q.limit(limit)
         with self._sessions() as session:
             return [_license_view(row) for row in session.execute(q).all()]
 

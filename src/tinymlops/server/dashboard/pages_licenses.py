@@ -141,6 +141,13 @@ def licenses_page(view: LicensesView, who: str) -> str:
         f'<p class="windows" id="show">show: {show_links}</p>'
         f'<table id="licenses">{LICENSE_HEAD}<tbody>{_license_rows(view.licenses)}</tbody></table>'
         + ("" if view.licenses else '<p class="empty" id="no-licenses">No licenses yet.</p>')
+        + (
+            f'<p class="muted" id="licenses-truncated">Of the newest {view.read} licenses only: '
+            "<code>tinymlops license list --device …</code> or <code>GET /v1/licenses?device=…</code> "
+            "finds any other.</p>"
+            if view.truncated
+            else ""
+        )
         + f'<h2>Flags {alert_badge} <span class="muted">alerts first; clone and rollback highlighted</span></h2>'
         + (
             flags_table(view.flags)

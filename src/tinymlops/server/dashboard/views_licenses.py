@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 #: the flags the pages read at most (newest first); the audit endpoint pages through more
 MAX_FLAGS = 500
+#: the licenses the list page reads at most (newest first): a fleet's every license is tens of thousands
+MAX_LICENSES = 500
 #: the flag kinds a person must look at first: a device restored its ledger, or two devices share one
 HIGHLIGHT_KINDS = frozenset({"clone", "rollback"})
 #: the list's filters: each chain's latest license (default), or every license
@@ -169,14 +171,18 @@ class LicensesView:
     flags: list[FlagRow]  # alerts first, then newest first
     chains: int  # distinct (device, model) chains among the licenses
     alerts: int  # alert flags listed
+    truncated: bool = False  # more than ``read`` licenses: only the newest were read
+    read: int = 0  # the most licenses read (MAX_LICENSES)
 
 
 def licenses_view(licenses: LicenseService, *, show: str = "latest") -> LicensesView:
-    """Each chain's latest license (``show="latest"``) or every license (``"all"``), newest first, and
-    the newest :data:`MAX_FLAGS` flags, alerts first."""
+    """Each chain's latest license (``show="latest"``) or every license (``"all"``) among the newest
+    :data:`MAX_LICENSES`, newest first, and the newest :data:`MAX_FLAGS` flags, alerts first."""
     if show not in SHOW:
         raise ValueError(f"show must be one of {SHOW}")
-    rows = [LicenseRow.of(v.to_dict()) for v in licenses.list()]
+    rows = [LicenseRow.of(v.to_dict()) for v in licenses.list(limit=MAX_LICENSES + 1)]
+    truncated = len(rows) > MAX_LICENSES
+    rows = rows[:MAX_LICENSES]
     if show == "latest":
         rows = [r for r in rows if r.status != "superseded"]
     flags = alerts_first([FlagRow.of(f.to_dict()) for f in licenses.audit(limit=MAX_FLAGS)])
@@ -186,6 +192,8 @@ def licenses_view(licenses: LicenseService, *, show: str = "latest") -> Licenses
         flags=flags,
         chains=len({(r.device_id, r.model) for r in rows}),
         alerts=sum(1 for f in flags if f.severity == "alert"),
+        truncated=truncated,
+        read=MAX_LICENSES,
     )
 
 
@@ -231,6 +239,7 @@ def _chain_order(rows: list[LicenseRow]) -> list[LicenseRow]:
 __all__ = [
     "HIGHLIGHT_KINDS",
     "MAX_FLAGS",
+    "MAX_LICENSES",
     "SHOW",
     "ChainRow",
     "FlagRow",

@@ -16,8 +16,8 @@ Operator endpoints (an API key; money needs ``admin``, reading needs ``read``):
     Revoke the chain the license belongs to (its latest license is the one revoked); the device
     learns it at its next contact. 200 with the revoked license.
 ``GET /licenses`` (read), ``GET /licenses/{id}`` (read)
-    Licenses newest first (filters ``device``, ``model``, ``status``); one license with its chain's
-    position and usage and the chain's flags.
+    Licenses newest first (filters ``device``, ``model``, ``status``; the newest ``limit``, 1,000 by
+    default); one license with its chain's position and usage and the chain's flags.
 ``GET /licensing/audit`` (read), ``GET /licensing/chains`` (read)
     What reconciliation flagged (rollback, clone, tamper, revoked-use, replay …), newest first; and
     every chain's acknowledged position, usage and counts.
@@ -314,9 +314,10 @@ def list_licenses(
     device: DeviceQuery = None,
     model: ModelQuery = None,
     status: Annotated[LicenseStatus | None, Query(description="Only licenses in this state.")] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000, description="Licenses to list, newest first.")] = 1000,
 ) -> list[LicenseOut]:
-    """Licenses, newest first."""
-    views = services.licenses.list(device_id=device, model=model, status=status)
+    """Licenses, newest first (the newest 1,000 unless ``limit`` says otherwise)."""
+    views = services.licenses.list(device_id=device, model=model, status=status, limit=limit)
     return [LicenseOut(**v.to_dict()) for v in views]
 
 
