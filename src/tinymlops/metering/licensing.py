@@ -37,7 +37,11 @@ a :class:`~tinymlops.errors.LicenseError` (400, ``reason`` and ``flag`` in its d
 stored but its flag, written in a transaction of its own — a report under another device's license
 is flagged on that license's chain too), else the new entries, the report and its flags
 (``rollback``, ``clone``, ``overuse``, ``revoked-use``, ``replay``) are stored and the chain's
-position moves. See :mod:`tinymlops.metering.reconcile` for what is flagged and why.
+position moves. See :mod:`tinymlops.metering.reconcile` for what is flagged and why. A flag raised
+again by the same device on the same chain (same kind) within :data:`FLAG_COALESCE_S` of its last
+raising is counted on its row (``repeats``, ``last_at``): whatever an authenticated device sends —
+refused reports, replays, forks that cost it nothing — the flags grow by at most one row per kind and
+chain an hour. A report with no new entry keeps its row and digest but not its bytes.
 
 **Reading.** :meth:`~LicenseService.get` / :meth:`~LicenseService.list` (newest first) give
 :class:`LicenseView` (the license with its chain's usage), :meth:`~LicenseService.audit` the flags
