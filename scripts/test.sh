@@ -11,4 +11,6 @@ echo "== PostgreSQL"
 TINYMLOPS_TEST_PG_URL="$(scripts/postgres.sh start)"
 export TINYMLOPS_TEST_PG_URL
 echo "== pytest"
-python -m pytest -q -p no:cacheprovider --durations=30 "$@"
+# On every core (pytest-xdist): each test module goes to one worker as a whole, the modules with slow
+# tests first (tests/conftest.py). Pass -n 0 to run in one process.
+python -m pytest -q -p no:cacheprovider --durations=30 -n auto --dist loadfile --no-loadscope-reorder "$@"

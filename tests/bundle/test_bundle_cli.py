@@ -1,4 +1,6 @@
-"""``tinymlops keys`` and ``tinymlops bundle`` as a user runs them: real subprocesses and files."""
+"""``tinymlops keys`` and ``tinymlops bundle`` as a user runs them, on real files: in this process
+(``invoke_cli``: the entry point under typer's CliRunner), and through a real subprocess once for each
+group (the installed entry point must really work)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cli_process import run_cli as run
+from cli_process import invoke_cli as run
+from cli_process import run_cli
 from tinymlops.bundle import open_bundle
 from tinymlops.bundle.container import unpack
 from tinymlops.crypto.keys import DeviceKeys, generate_signing_key, load_public_key, save_public_key
@@ -27,7 +30,7 @@ def ws(tmp_path: Path, digits_model) -> Path:
 
 
 def test_keys_build_inspect_verify_and_tamper(ws: Path, tmp_path: Path) -> None:
-    keys = json.loads(run(ws, "keys", "init", "--json").stdout)
+    keys = json.loads(run_cli(ws, "keys", "init", "--json").stdout)  # the subprocess smoke tests: keys …
     assert keys["release"]["created"] and keys["fleet"]["created"]
     again = json.loads(run(ws, "keys", "init", "--json").stdout)
     assert not again["release"]["created"] and again["release"]["key_id"] == keys["release"]["key_id"]
@@ -86,7 +89,7 @@ def test_keys_build_inspect_verify_and_tamper(ws: Path, tmp_path: Path) -> None:
     assert "verified" in run(None, "bundle", "verify", str(out), "--release-pub", pub).stdout
 
     stranger = save_public_key(tmp_path / "stranger.pub", generate_signing_key())
-    bad = run(None, "bundle", "verify", str(out), "--release-pub", str(stranger), code=3)
+    bad = run_cli(None, "bundle", "verify", str(out), "--release-pub", str(stranger), code=3)  # … and bundle
     assert "untrusted release key" in bad.stderr
 
     tampered = tmp_path / "tampered.tmlb"

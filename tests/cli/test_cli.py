@@ -1,4 +1,6 @@
-"""The CLI as a user runs it: a real subprocess, real files, exit codes and --json output."""
+"""The CLI as a user runs it: real files, exit codes and --json output — in this process (``invoke_cli``:
+the entry point under typer's CliRunner), and through a real subprocess for one smoke test of the
+``init``, ``model``, ``target`` and ``recipe`` groups (the installed entry point must really work)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli_process import run_cli as run
+from cli_process import invoke_cli as run
+from cli_process import run_cli
 from mlperf_models import mlperf
 
 SMALL_CONFIG_CHAINS = 'default = ["fp16", "int8-static", "prune-50>int8-static"]'
@@ -149,3 +152,15 @@ def test_target_list_and_recipe_list(ws: Path) -> None:
     assert {"fp16", "prune", "quantize-dynamic", "quantize-static", "tflite-to-onnx"} <= {
         r["name"] for r in recipes["recipes"]
     }
+
+
+def test_the_installed_command_runs_init_model_target_and_recipe(tmp_path: Path) -> None:
+    """The smoke test through a real subprocess (``python -m tinymlops``): a success, a table, JSON,
+    and a TinyMLOpsError turned into a message and exit code 2 by the entry point."""
+    path = tmp_path / "ws"
+    created = json.loads(run_cli(None, "init", str(path), "--json").stdout)
+    assert (path / "tinymlops.toml").is_file() and Path(created["workspace"]) == path.resolve()
+    assert "rpi-4" in run_cli(path, "target", "list").stdout
+    assert "quantize-static" in run_cli(path, "recipe", "list").stdout
+    missing = run_cli(path, "model", "show", "m", code=2)
+    assert "no model named 'm'" in missing.stderr and missing.stdout == ""

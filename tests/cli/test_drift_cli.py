@@ -1,4 +1,6 @@
-"""``tinymlops drift …`` as a user runs it (a subprocess on a real workspace with real telemetry)."""
+"""``tinymlops drift …`` as a user runs it, on a real workspace with real telemetry: in this process
+(``invoke_cli``: the entry point under typer's CliRunner), and through a real subprocess once for the
+``drift`` group and once for ``dataset`` (the installed entry point must really work)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cli_process import run_cli
+from cli_process import invoke_cli, run_cli
 from observe.telemetry_rows import SHIFTED_PIXELS, digits_world, populate
 from tinymlops.workspace import Workspace
 
@@ -29,17 +31,17 @@ def ws_path(tmp_path: Path, world: Any) -> Path:
 
 
 def test_report_names_the_drifted_features_and_cohort_and_exits_zero(ws_path: Path) -> None:
-    out = run_cli(ws_path, "drift", "report", "digits", "--window", "1h").stdout
+    out = run_cli(ws_path, "drift", "report", "digits", "--window", "1h").stdout  # the subprocess smoke test
     summary = [line for line in out.splitlines() if "DRIFT in" in line]
     assert summary, out
     assert "tag=site-b" in summary[0] and "site-a" not in summary[0]
     assert all(name in summary[0] for name in SHIFTED)
     assert "cohort tag=site-a: no_drift" in out and "cohort tag=site-b: drift" in out
-    doc = json.loads(run_cli(ws_path, "drift", "report", "digits", "--window", "1h", "--json").stdout)
+    doc = json.loads(invoke_cli(ws_path, "drift", "report", "digits", "--window", "1h", "--json").stdout)
     site_b = next(c for c in doc["cohorts"] if c["label"] == "tag=site-b")
     assert set(site_b["drifted_features"]) == SHIFTED and doc["model"] == "digits" and doc["version"] == 1
     devices = json.loads(
-        run_cli(ws_path, "drift", "report", "digits", "--window", "1h", "--by", "device", "--json").stdout
+        invoke_cli(ws_path, "drift", "report", "digits", "--window", "1h", "--by", "device", "--json").stdout
     )
     assert len(devices["cohorts"]) == 11
 
@@ -58,17 +60,18 @@ BAD_REPORTS: list[tuple[list[str], int, str]] = [
 
 def test_bad_input_is_a_clear_error_and_a_non_zero_exit(ws_path: Path) -> None:
     for args, code, words in BAD_REPORTS:
-        proc = run_cli(ws_path, "drift", "report", *args, code=code)
+        proc = invoke_cli(ws_path, "drift", "report", *args, code=code)
         assert words in " ".join(proc.stderr.split()), (args, proc.stderr)
 
 
-@pytest.mark.slow
 def test_policy_set_show_and_refusals(ws_path: Path) -> None:
-    doc = json.loads(run_cli(ws_path, "drift", "policy", "show", "digits", "--json").stdout)
+    doc = json.loads(invoke_cli(ws_path, "drift", "policy", "show", "digits", "--json").stdout)
     assert doc["source"] == "default"
-    run_cli(ws_path, "drift", "policy", "set", "digits", "--threshold", "ks=0.001", "--threshold", "wasserstein=0.15")
-    run_cli(ws_path, "drift", "policy", "set", "digits", "--require", "any", "--min-samples", "50")
-    doc = json.loads(run_cli(ws_path, "drift", "policy", "show", "digits", "--json").stdout)
+    invoke_cli(
+        ws_path, "drift", "policy", "set", "digits", "--threshold", "ks=0.001", "--threshold", "wasserstein=0.15"
+    )
+    invoke_cli(ws_path, "drift", "policy", "set", "digits", "--require", "any", "--min-samples", "50")
+    doc = json.loads(invoke_cli(ws_path, "drift", "policy", "show", "digits", "--json").stdout)
     p = doc["policy"]
     assert doc["source"] == "stored" and doc["updated_by"].startswith("cli:")
     assert (p["thresholds"]["ks"], p["thresholds"]["wasserstein"], p["require"], p["min_samples"]) == (
@@ -84,13 +87,13 @@ def test_policy_set_show_and_refusals(ws_path: Path) -> None:
         (["--require", "most"], "require must be 'all' or 'any'"),
         (["--deciding-feature-tests", "chi_square"], "chi_square"),
     ]:
-        proc = run_cli(ws_path, "drift", "policy", "set", "digits", *args, code=2)
+        proc = invoke_cli(ws_path, "drift", "policy", "set", "digits", *args, code=2)
         assert words in " ".join(proc.stderr.split()), (args, proc.stderr)
-    assert json.loads(run_cli(ws_path, "drift", "policy", "show", "digits", "--json").stdout) == doc
-    shown = run_cli(ws_path, "drift", "policy", "show", "digits").stdout
+    assert json.loads(invoke_cli(ws_path, "drift", "policy", "show", "digits", "--json").stdout) == doc
+    shown = invoke_cli(ws_path, "drift", "policy", "show", "digits").stdout
     assert "ks=0.001" in shown and "stored" in shown
-    run_cli(ws_path, "drift", "policy", "set", "digits", "--reset")
-    reset = json.loads(run_cli(ws_path, "drift", "policy", "show", "digits", "--json").stdout)
+    invoke_cli(ws_path, "drift", "policy", "set", "digits", "--reset")
+    reset = json.loads(invoke_cli(ws_path, "drift", "policy", "show", "digits", "--json").stdout)
     assert reset["policy"]["require"] == "all" and reset["policy"]["thresholds"]["ks"] == 0.01
 
 
@@ -98,19 +101,19 @@ def test_reference_show_build_and_the_dataset_add_path(tmp_path: Path, world: An
     ws_path = tmp_path / "ws"
     model = tmp_path / "digits.onnx"
     model.write_bytes(world.onnx)
-    run_cli(None, "init", str(ws_path))
-    run_cli(ws_path, "model", "register", "digits", str(model), "--no-derive", "--no-evaluate")
-    proc = run_cli(ws_path, "drift", "reference", "show", "digits", code=2)
+    invoke_cli(None, "init", str(ws_path))
+    invoke_cli(ws_path, "model", "register", "digits", str(model), "--no-derive", "--no-evaluate")
+    proc = invoke_cli(ws_path, "drift", "reference", "show", "digits", code=2)
     assert "tinymlops dataset add digits" in " ".join(proc.stderr.split())
     data = tmp_path / "eval.npz"
     np.savez(data, x=world.x_eval, y=world.y_eval)
     added = json.loads(run_cli(ws_path, "dataset", "add", "digits", str(data), "--name", "holdout", "--json").stdout)
     assert added["reference"]["status"].startswith("built from 'holdout' (600 rows)")
-    shown = run_cli(ws_path, "drift", "reference", "show", "digits").stdout
+    shown = invoke_cli(ws_path, "drift", "reference", "show", "digits").stdout
     assert "from dataset 'holdout'" in shown and "64 element feature(s) + 8 derived" in shown
-    doc = json.loads(run_cli(ws_path, "drift", "reference", "build", "digits", "--json").stdout)
+    doc = json.loads(invoke_cli(ws_path, "drift", "reference", "build", "digits", "--json").stdout)
     assert doc["dataset"] == "holdout" and doc["rows"] == 600
-    proc = run_cli(ws_path, "drift", "reference", "build", "digits", "--dataset", "nope", code=2)
+    proc = invoke_cli(ws_path, "drift", "reference", "build", "digits", "--dataset", "nope", code=2)
     assert "no dataset named 'nope'" in proc.stderr
 
 

@@ -1,6 +1,8 @@
 """``tinymlops release`` as a user runs it: a staged release created with --stages, its status, and
 promote / pause / resume / rollback recorded as ``cli:<login>``; bad input exits non-zero with a
-message naming the problem and changes nothing."""
+message naming the problem and changes nothing. In this process (``invoke_cli``: the entry point under
+typer's CliRunner); ``release create`` once through a real subprocess (the installed entry point must
+really work)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from pathlib import Path
 from sqlalchemy import text
 
 import delivery_world
-from cli_process import run_cli
+from cli_process import invoke_cli, run_cli
 from delivery_world import World
 
 delivery = delivery_world.delivery  # the live world (fixture)
@@ -35,19 +37,19 @@ def test_a_staged_release_is_driven_from_the_cli(delivery: World, tmp_path: Path
     assert created["rollout"] == {"status": "running", "stage": 0, "stage_name": "canary", "stages": 2}
     assert sorted(a["stage"] for a in created["assignments"]) == [0, 1, 1, 1]
 
-    shown = run_cli(ws, "release", "status", rid).stdout
+    shown = invoke_cli(ws, "release", "status", rid).stdout
     assert "running at stage 0 'canary'" in shown and "canary" in shown and f"cli:{getpass.getuser()}" in shown
-    run_cli(ws, "release", "pause", rid, "--reason", "looking at the canary")
-    status = json.loads(run_cli(ws, "release", "status", rid, "--json").stdout)
+    invoke_cli(ws, "release", "pause", rid, "--reason", "looking at the canary")
+    status = json.loads(invoke_cli(ws, "release", "status", rid, "--json").stdout)
     assert status["status"] == "paused" and status["transitions"][-1]["reason"] == "looking at the canary"
 
-    refused = run_cli(ws, "release", "promote", rid, code=None)  # a paused rollout cannot be promoted
+    refused = invoke_cli(ws, "release", "promote", rid, code=None)  # a paused rollout cannot be promoted
     assert refused.returncode != 0 and "cannot promote a paused rollout" in refused.stderr
-    run_cli(ws, "release", "resume", rid)
-    promoted = json.loads(run_cli(ws, "release", "promote", rid, "--json").stdout)
+    invoke_cli(ws, "release", "resume", rid)
+    promoted = json.loads(invoke_cli(ws, "release", "promote", rid, "--json").stdout)
     assert (promoted["status"], promoted["stage"]) == ("running", 1)
     assert all(s["published"] == s["devices"] for s in promoted["stages"])
-    back = json.loads(run_cli(ws, "release", "rollback", rid, "--reason", "bad numbers", "--json").stdout)
+    back = json.loads(invoke_cli(ws, "release", "rollback", rid, "--reason", "bad numbers", "--json").stdout)
     assert back["status"] == "rolled_back" and back["devices_withdrawn"] == 4  # nobody had installed it
     actors = {t["actor"] for t in back["transitions"]}
     assert actors == {f"cli:{getpass.getuser()}", "auto"}
@@ -69,9 +71,9 @@ def test_bad_rollout_input_is_refused_with_a_clear_message(delivery: World, tmp_
         (("--plan", str(bad_plan), "--stages", "all:1"), "either --stages or --plan"),
     ]
     for args, message in cases:
-        proc = run_cli(ws, "release", "create", "tiny:1", *args, code=None)
+        proc = invoke_cli(ws, "release", "create", "tiny:1", *args, code=None)
         assert proc.returncode != 0, args
         assert message in proc.stderr, (args, proc.stderr)
     assert _count(delivery, "releases") == 0 and _count(delivery, "rollouts") == 0
-    missing = run_cli(ws, "release", "status", "0123456789abcdef", code=None)
+    missing = invoke_cli(ws, "release", "status", "0123456789abcdef", code=None)
     assert missing.returncode != 0 and "no release with id" in missing.stderr

@@ -1,4 +1,6 @@
-"""``tinymlops repo …`` as an operator runs it: real subprocesses, a real workspace and bundle."""
+"""``tinymlops repo …`` as an operator runs it, on a real workspace and bundle: in this process
+(``invoke_cli``: the entry point under typer's CliRunner), ``repo init`` through a real subprocess (the
+installed entry point must really work)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cli_process import run_cli as run
+from cli_process import invoke_cli as run
+from cli_process import run_cli
 from simulators.tuf_server import TufServer, tiny_onnx
 from tinymlops.crypto.keys import DeviceKeys
 from tinymlops.edge.updates import UpdateClient
@@ -38,7 +41,7 @@ def test_repo_commands_end_to_end(ws: Path, tmp_path: Path) -> None:
     missing = run(ws, "repo", "status", code=2)
     assert "no update repository" in missing.stderr and "tinymlops repo init" in missing.stderr
 
-    init = json.loads(run(ws, "repo", "init", "--bins-bits", "4", "--timestamp-expiry", "6h", "--json").stdout)
+    init = json.loads(run_cli(ws, "repo", "init", "--bins-bits", "4", "--timestamp-expiry", "6h", "--json").stdout)
     assert init["bins"] == 16 and [r["version"] for r in init["roles"]] == [1, 1, 1, 1]
     timestamp = next(r for r in init["roles"] if r["role"] == "timestamp")
     assert 6 * 3600 - 60 <= timestamp["expires_in_s"] <= 6 * 3600

@@ -9,11 +9,13 @@ Hypothesis strategies are driven directly.)
 
 from __future__ import annotations
 
+from typing import Any
+
 import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
-from schemathesis import GenerationMode
+from schemathesis import APIOperation, GenerationMode
 from schemathesis.checks import ignored_auth, negative_data_rejection, positive_data_acceptance
 
 import live_server
@@ -23,7 +25,17 @@ from tinymlops.devices.request_auth import sign_request
 
 plane = live_server.plane  # the live control plane (fixture)
 
+#: Generated cases per operation, mode and caller, for the calls that reach the operation's handler: as
+#: an admin (the key fixed into each case), and as a device where a device may call the operation.
+#: 12 is about what the rarest bug the test has found takes: the drift API refusing a schema-valid query
+#: with a non-SpecError 400 (fixed in 636d29e; put back, it was caught in 5 of 10 runs at 3 examples,
+#: 8 of 10 at 6 and 10 of 10 at 12).
 EXAMPLES_PER_OPERATION = 12
+#: The same for calls that can only be refused: no admin key, on an operation only an admin key opens
+#: (about 3/4 of them). One shared path refuses them all — the bearer parser and the scope check — so
+#: fewer cases each still send it hundreds of generated requests and credentials per run; at 12 these
+#: refusals were two thirds of the test's time, and none of the bugs above was found by them.
+EXAMPLES_ONLY_REFUSED = 4
 
 
 class DeviceSigner(requests.auth.AuthBase):
@@ -40,14 +52,13 @@ class DeviceSigner(requests.auth.AuthBase):
         return r
 
 
-def _drive(strategy, call) -> int:  # type: ignore[no-untyped-def]
-    """Run ``call`` on generated cases; 0 when nothing in the operation can be generated this way."""
+def _drive(strategy, call, examples: int = EXAMPLES_PER_OPERATION) -> int:  # type: ignore[no-untyped-def]
+    """Run ``call`` on up to ``examples`` generated cases; 0 when nothing in the operation can be
+    generated this way."""
     calls = 0
 
     @given(case=strategy)
-    @settings(
-        max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None, suppress_health_check=list(HealthCheck)
-    )
+    @settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     def run(case) -> None:  # type: ignore[no-untyped-def]
         nonlocal calls
         call(case)
@@ -77,10 +88,29 @@ def _call_and_validate(case, session=None, excluded_checks=()) -> None:  # type:
     case.validate_response(response, excluded_checks=excluded)
 
 
+def _published(document: dict[str, Any], operation: APIOperation) -> dict[str, Any]:
+    """The operation as the server's OpenAPI document publishes it."""
+    return document["paths"][operation.path][operation.method.lower()]
+
+
+def _a_device_may_call(published: dict[str, Any]) -> bool:
+    """Open to all, or a device's signature is one of the ways in."""
+    security = published.get("security") or []
+    return not security or any("DeviceSignature" in way for way in security)
+
+
+def _can_be_made_invalid(published: dict[str, Any]) -> bool:
+    """With the admin header fixed, only parameters and a body are left to break: without them
+    Hypothesis searches for a few seconds before it gives up (Unsatisfiable)."""
+    return bool(published.get("parameters") or published.get("requestBody"))
+
+
 def test_no_server_errors_and_responses_match_the_schema(plane: Plane) -> None:
     schema = schemathesis.openapi.from_url(f"{plane.url}/openapi.json")
+    document = requests.get(f"{plane.url}/openapi.json", timeout=10).json()
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 14
+    assert sum(_a_device_may_call(_published(document, op)) for op in operations) >= 8
     admin = {"Authorization": f"Bearer {plane.admin_key}"}
     device = requests.Session()
     device.auth = DeviceSigner(plane.device().keys)
@@ -92,9 +122,12 @@ def test_no_server_errors_and_responses_match_the_schema(plane: Plane) -> None:
         _call_and_validate(case)
 
     for operation in operations:
+        published = _published(document, operation)
         # as an admin: the key is fixed into every case, so a negative case stays negative
         valid = _drive(operation.as_strategy(GenerationMode.POSITIVE, headers=admin), _call_and_validate)
         assert valid > 0, operation.label
-        _drive(operation.as_strategy(GenerationMode.NEGATIVE, headers=admin), _call_and_validate)
+        if _can_be_made_invalid(published):
+            _drive(operation.as_strategy(GenerationMode.NEGATIVE, headers=admin), _call_and_validate)
+        examples = EXAMPLES_PER_OPERATION if _a_device_may_call(published) else EXAMPLES_ONLY_REFUSED
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            _drive(operation.as_strategy(mode), as_device_and_as_whoever)
+            _drive(operation.as_strategy(mode), as_device_and_as_whoever, examples)
