@@ -397,6 +397,27 @@ def test_a_top_up_of_the_revoked_license_reinstates_the_branch() -> None:
     assert not head.totals.revoked and head.totals.available == 0
 
 
+def test_a_top_up_installed_without_the_revocation_before_it_is_revoked_use() -> None:
+    """A device that skips the revocation (patched, or the revocation stripped from its licenses
+    answer) pools the revoked license's 34 remaining queries with the top-up's 30: accepted, billed,
+    flagged — the honest chain above (revoke entry first) is not."""
+    server, entries, lic, _ = _revoked_world()
+    top = ISSUER.license(Ed25519PrivateKey.generate(), queries=30, previous=lic.license_id)
+    top = dataclasses.replace(top, device_id=lic.device_id, device_public_key=lic.device_public_key)
+    server.issue(top)
+    tail = link(
+        [("license", top.license_id, 30, top.digest), ("reserve", top.license_id, 64)],
+        start=2,
+        prev=entries[-1].hash,
+        at=T0 + 5,
+    )
+    answer = server.send(report_of(server.device_id, entries + tail))
+    assert answer.kind == "accepted"
+    assert [(f.kind, f.seq, f.license_id) for f in answer.flags] == [("revoked-use", 2, top.license_id)]
+    assert "without the revocation" in answer.flags[0].detail and "34 queries" in answer.flags[0].detail
+    assert server.used == 16 + 64  # billed all the same
+
+
 @pytest.mark.parametrize(
     ("specs", "reason"),
     [

@@ -47,7 +47,9 @@ checked the links inside the report, :class:`~tinymlops.spec.usage_report.UsageR
    Accepted with a flag (the entries are real usage and are billed): reservations beyond the
    branch's licensed queries (``overuse``), reservations under a license the chain's revocation
    froze, written after a ``revoke`` entry or dated at least ``revoked_use_grace`` seconds after the
-   revocation was delivered to the device (``revoked-use``).
+   revocation was delivered to the device (``revoked-use``); a top-up of a license the server revoked
+   installed with no ``revoke`` entry before it on the branch (``revoked-use`` too: the revocation was
+   skipped, so the queries it forfeits stay usable).
 
 Every distinct entry is kept (both branches of a fork), so usage on a rolled-back or cloned device
 is still counted, and nothing is ever counted twice (an entry is stored once by ``(seq, hash)``).
@@ -400,6 +402,9 @@ def reconcile(snapshot: ChainSnapshot, report: UsageReport) -> Decision:
         refusal = _check(snapshot, totals, entry)
         if refusal is not None:
             return refusal
+        skipped = _skipped_revocation(snapshot, totals, entry)
+        if skipped is not None:
+            flags.append(skipped)
         if entry.kind == "reserve":
             if _revoked_use(snapshot, totals, entry):
                 revoked_use.append((entry.seq, entry.count, entry.license_id))
@@ -439,6 +444,24 @@ def reconcile(snapshot: ChainSnapshot, report: UsageReport) -> Decision:
         next_seq=last.seq + 1,
         flags=tuple(flags),
         clone_pairs=clone_pairs,
+    )
+
+
+def _skipped_revocation(snapshot: ChainSnapshot, totals: Totals, entry: LedgerEntry) -> Flag | None:
+    """A top-up installed on a license the server revoked, with no ``revoke`` entry before it on the
+    branch: the device never wrote the revocation (a patched agent, or the revocation stripped from
+    its licenses answer on the way), so the queries it forfeits stay pooled with the top-up's."""
+    if entry.kind != "license" or totals.revoked or totals.in_force is None:
+        return None
+    lic = snapshot.licenses.get(entry.license_id)
+    if lic is None or lic.previous_license_id != totals.in_force or totals.in_force not in snapshot.revocations:
+        return None
+    return Flag(
+        "revoked-use",
+        entry.seq,
+        f"top-up {entry.license_id} installed at seq {entry.seq} on license {totals.in_force}, which was revoked, "
+        f"without the revocation: the {max(totals.available, 0)} queries it forfeits stay usable",
+        entry.license_id,
     )
 
 
