@@ -1,6 +1,7 @@
 """Shared fixtures: real workspaces on SQLite and PostgreSQL, a real CNN trained on digits; and what a
-parallel run (pytest-xdist, ``scripts/test.sh`` runs ``-n auto``) needs: the cores shared between the
-workers, and tests that must not be split across workers kept on one."""
+parallel run (pytest-xdist: ``scripts/test.sh`` runs ``-n auto --dist loadfile``) needs: the cores
+shared between the workers, the CNN trained once per run, the modules with slow tests handed out
+first, and no Hypothesis deadline."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 PG_URL = os.environ.get("TINYMLOPS_TEST_PG_URL")
 
@@ -32,6 +34,13 @@ def _share_the_cores_between_workers() -> None:
 
 
 _share_the_cores_between_workers()
+
+# No Hypothesis deadline (its default: 200 ms per example): a deadline times the machine, not the code
+# under test — in a parallel run each test gets a share of a machine others are loading too, and a
+# property test sending each example through a live server went over it (FlakyFailure). Speed goals
+# are benchmarks (benchmarks/), never timed unit tests; a test may still set its own deadline.
+settings.register_profile("tinymlops", deadline=None)
+settings.load_profile("tinymlops")
 
 
 def _fresh_pg_database() -> str:
