@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from cli_process import run_cli
+from cli_process import invoke_cli, run_cli
 from enrolled_devices import enrol_device
 from licensed_devices import MODEL, MeteredDevice, ingest
 from tinymlops.bundle.workspace_keys import release_key
@@ -42,12 +42,10 @@ def meters() -> Iterator[list[MeteredDevice]]:
 
 
 def cli(ws: Any, *args: str, exit_code: int = 0) -> str:
-    """Run ``tinymlops ARGS --workspace WS`` in this process; its stdout (the exit code asserted)."""
-    result = CliRunner().invoke(app, [*args, "--workspace", str(ws.root)], env={"COLUMNS": "220"})
-    assert result.exit_code == exit_code, (result.exception, result.output)
-    if exit_code == 0:
-        assert result.exception is None, result.exception
-    return result.stdout
+    """Run ``tinymlops ARGS --workspace WS`` in this process (the entry point, its consoles as wide as
+    ``cli_process.COLUMNS`` whatever the environment's COLUMNS was at import); its stdout, the exit
+    code asserted."""
+    return invoke_cli(None, *args, "--workspace", str(ws.root), code=exit_code).stdout
 
 
 def cli_json(ws: Any, *args: str) -> Any:

@@ -84,7 +84,7 @@ def test_the_api_and_the_cli_take_the_option(delivery: World, tmp_path: Path) ->
     assert delivery.show(doc["id"])["metering"] == doc["metering"]
     http = delivery.plane.http(delivery.release_key)
     before = _count(delivery, "releases")
-    for bad in ({"block": 0}, {"block": "8"}, {"model": "other"}):
+    for bad in ({"block": 0}, {"block": 1.5}, {"block": "eight"}, {"model": "other"}):
         answer = http.post("/v1/releases", json={"model": "tiny:1", "metering": bad})
         assert answer.status_code == 422, answer.text
         assert "metering" in answer.json()["error"]["message"]

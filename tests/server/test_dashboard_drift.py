@@ -557,7 +557,7 @@ def test_flagged_upload_stores_are_the_devices_the_api_flags(client: Any, drift_
     index = parse(get(client, drift_world, "/drift"))
     assert {a.text for a in index.by_id("drift-models").find_all("a", "drift-link")} == {"digits", "tiny"}
     nav = [a.text for a in index.find_all("nav")[0].find_all("a")]
-    assert nav == ["Fleet", "Releases", "Latency", "Telemetry", "Drift"]
+    assert nav == ["Fleet", "Releases", "Latency", "Telemetry", "Drift", "Licenses"]
     lineage = parse(get(client, drift_world, "/models/digits"))
     assert lineage.by_id("drift-link").attrs["href"] == "/dashboard/models/digits/drift"
 

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from tinymlops.devices.enrolment import MAX_TAGS, TAG
 from tinymlops.release.rollout import STATUSES
@@ -113,7 +113,7 @@ class MeteringIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    block: StrictInt = Field(
+    block: int = Field(
         64, ge=1, le=1 << 20, description="Calls per durable reservation on the device (a crash loses at most one)."
     )
 
