@@ -55,8 +55,10 @@ def test_a_replayed_token_request_mints_nothing(plane: Plane) -> None:
     assert plane.snapshot() == before  # no second bearer token
 
 
+# "just ahead" leaves 30 s past the 300 s window: the time the request takes to reach the check only
+# brings an ahead timestamp closer (under parallel load, 301 s came within the window: a flake)
 @pytest.mark.parametrize(
-    "offset", [-301, -3600, 301, 86400], ids=["just-stale", "an-hour-old", "just-ahead", "a-day-ahead"]
+    "offset", [-301, -3600, 330, 86400], ids=["just-stale", "an-hour-old", "just-ahead", "a-day-ahead"]
 )
 def test_timestamps_outside_the_window_are_refused(plane: Plane, offset: int) -> None:
     client = plane.device()
