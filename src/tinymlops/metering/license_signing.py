@@ -59,15 +59,43 @@ class SignedUsageReport:
     signature: bytes
 
 
+def _sign_issued(doc: License | Revocation, issuer_key: Ed25519PrivateKey, domain: bytes, what: str) -> bytes:
+    """The issuer's signature over ``doc`` under ``domain`` (its ``issuer_key_id`` must name the key)."""
+    if doc.issuer_key_id != key_id(issuer_key):
+        raise SignatureError(
+            f"{what} names issuer key {doc.issuer_key_id}, but the signing key is {key_id(issuer_key)}",
+            member=_MEMBER[what],
+        )
+    return sign(issuer_key, domain + doc.to_bytes())
+
+
+def _check_issuer(
+    doc: License | Revocation,
+    signed: SignedLicense | SignedRevocation,
+    trusted_issuer_keys: Iterable[TrustedKey],
+    domain: bytes,
+    label: str,
+    what: str,
+) -> None:
+    """Verify ``signed`` (which parsed as ``doc``) with the trusted issuer key the document names."""
+    keys = trusted_key_map(trusted_issuer_keys)
+    pub = keys.get(doc.issuer_key_id)
+    if pub is None:
+        raise SignatureError(
+            f"{label} is signed by issuer key {doc.issuer_key_id}, which this device does not trust "
+            f"(trusted: {', '.join(sorted(keys)) or 'none'})",
+            member=_MEMBER[what],
+        )
+    verify(pub, signed.signature, domain + bytes(signed.data), member=_MEMBER[what])
+
+
+#: the document member a signature error names
+_MEMBER = {"license": "license", "revocation": "license revocation"}
+
+
 def sign_license(license: License, issuer_key: Ed25519PrivateKey) -> SignedLicense:
     """Sign ``license`` (whose ``issuer_key_id`` must name ``issuer_key``)."""
-    if license.issuer_key_id != key_id(issuer_key):
-        raise SignatureError(
-            f"license names issuer key {license.issuer_key_id}, but the signing key is {key_id(issuer_key)}",
-            member="license",
-        )
-    data = license.to_bytes()
-    return SignedLicense(data, sign(issuer_key, LICENSE_DOMAIN + data))
+    return SignedLicense(license.to_bytes(), _sign_issued(license, issuer_key, LICENSE_DOMAIN, "license"))
 
 
 def verify_license(signed: SignedLicense, trusted_issuer_keys: Iterable[TrustedKey]) -> License:
@@ -76,42 +104,22 @@ def verify_license(signed: SignedLicense, trusted_issuer_keys: Iterable[TrustedK
     A malformed license raises :class:`~tinymlops.errors.SpecError`; an issuer that is not trusted,
     or a signature that does not verify over these exact bytes, :class:`SignatureError`."""
     license = License.from_bytes(signed.data)
-    keys = trusted_key_map(trusted_issuer_keys)
-    pub = keys.get(license.issuer_key_id)
-    if pub is None:
-        raise SignatureError(
-            f"license {license.license_id} is signed by issuer key {license.issuer_key_id}, which this device "
-            f"does not trust (trusted: {', '.join(sorted(keys)) or 'none'})",
-            member="license",
-        )
-    verify(pub, signed.signature, LICENSE_DOMAIN + bytes(signed.data), member="license")
+    _check_issuer(license, signed, trusted_issuer_keys, LICENSE_DOMAIN, f"license {license.license_id}", "license")
     return license
 
 
 def sign_revocation(revocation: Revocation, issuer_key: Ed25519PrivateKey) -> SignedRevocation:
     """Sign ``revocation`` (whose ``issuer_key_id`` must name ``issuer_key``)."""
-    if revocation.issuer_key_id != key_id(issuer_key):
-        raise SignatureError(
-            f"revocation names issuer key {revocation.issuer_key_id}, but the signing key is {key_id(issuer_key)}",
-            member="license revocation",
-        )
-    data = revocation.to_bytes()
-    return SignedRevocation(data, sign(issuer_key, REVOCATION_DOMAIN + data))
+    signature = _sign_issued(revocation, issuer_key, REVOCATION_DOMAIN, "revocation")
+    return SignedRevocation(revocation.to_bytes(), signature)
 
 
 def verify_revocation(signed: SignedRevocation, trusted_issuer_keys: Iterable[TrustedKey]) -> Revocation:
     """Parse the revocation strictly and verify it with the trusted issuer key it names
     (:class:`~tinymlops.errors.SpecError` if malformed, :class:`SignatureError` if not trusted or forged)."""
     revocation = Revocation.from_bytes(signed.data)
-    keys = trusted_key_map(trusted_issuer_keys)
-    pub = keys.get(revocation.issuer_key_id)
-    if pub is None:
-        raise SignatureError(
-            f"revocation of license {revocation.license_id} is signed by issuer key {revocation.issuer_key_id}, "
-            f"which this device does not trust (trusted: {', '.join(sorted(keys)) or 'none'})",
-            member="license revocation",
-        )
-    verify(pub, signed.signature, REVOCATION_DOMAIN + bytes(signed.data), member="license revocation")
+    label = f"revocation of license {revocation.license_id}"
+    _check_issuer(revocation, signed, trusted_issuer_keys, REVOCATION_DOMAIN, label, "revocation")
     return revocation
 
 

@@ -31,7 +31,7 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from tinymlops.errors import SpecError
 from tinymlops.spec._parse import HEX16, HEX32, HEX64, check_version, read_hex, read_int
@@ -45,7 +45,7 @@ MAX_MODEL_CHARS = 128
 #: seconds since the epoch must fit this (year ~33658); keeps every value an exact JSON integer
 MAX_EPOCH = 10**12
 
-DOC = "license"
+DOC = LICENSE_DOC = "license"
 #: a model name as a license (and the metering policy) names it
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -66,8 +66,54 @@ _FIELDS = (
 )
 
 
+class _IssuedDocument:
+    """What a license and a revocation share: a signed document kept as the exact bytes it was parsed
+    from (``raw``), else its canonical JSON, and a strict parser with a size cap."""
+
+    DOC: ClassVar[str]
+    raw: bytes | None
+
+    if TYPE_CHECKING:  # each document defines these
+
+        def to_dict(self) -> dict[str, Any]: ...
+
+        @classmethod
+        def from_dict(cls, data: Any, *, raw: bytes | None = None) -> Any: ...
+
+    def to_bytes(self) -> bytes:
+        """The signed bytes: the exact bytes it was parsed from, else canonical JSON."""
+        return self.raw if self.raw is not None else canonical_json(self.to_dict())
+
+    @property
+    def digest(self) -> str:
+        """sha256 (hex) of :meth:`to_bytes`: what the device's ledger entry commits to (``ref``)."""
+        return hashlib.sha256(self.to_bytes()).hexdigest()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Any:
+        """Parse strictly (size, UTF-8, duplicate keys, NaN refused); keep the exact bytes."""
+        raw = bytes(raw)
+        if len(raw) > MAX_LICENSE_BYTES:
+            raise SpecError(f"{cls.DOC}: {len(raw)} bytes, more than the {MAX_LICENSE_BYTES} accepted")
+        return cls.from_dict(parse_json_strict(raw, cls.DOC), raw=raw)
+
+
+def _read_head(doc: str, data: Any) -> tuple[str, str]:
+    """The checks every issued document starts with: an object, a supported major version, a model
+    name. Returns (spec_version, model)."""
+    if not isinstance(data, Mapping):
+        raise SpecError(f"{doc}: must be an object, got {type(data).__name__}")
+    version = check_version(doc, data, LICENSE_MAJOR)
+    model = data.get("model")
+    if not isinstance(model, str) or not MODEL_NAME.match(model):
+        raise SpecError(f"{doc}: field 'model' must be a model name (letters, digits, . _ -), got {model!r:.80}")
+    return version, model
+
+
 @dataclass(frozen=True)
-class License:
+class License(_IssuedDocument):
+    DOC: ClassVar[str] = LICENSE_DOC
+
     license_id: str
     device_id: str
     device_public_key: str
@@ -119,23 +165,9 @@ class License:
         )
         return out
 
-    def to_bytes(self) -> bytes:
-        """The signed bytes: the exact bytes it was parsed from, else canonical JSON."""
-        return self.raw if self.raw is not None else canonical_json(self.to_dict())
-
-    @property
-    def digest(self) -> str:
-        """sha256 (hex) of :meth:`to_bytes`: what the device's ledger commits to."""
-        return hashlib.sha256(self.to_bytes()).hexdigest()
-
     @classmethod
     def from_dict(cls, data: Any, *, raw: bytes | None = None) -> License:
-        if not isinstance(data, Mapping):
-            raise SpecError(f"{DOC}: must be an object, got {type(data).__name__}")
-        version = check_version(DOC, data, LICENSE_MAJOR)
-        model = data.get("model")
-        if not isinstance(model, str) or not MODEL_NAME.match(model):
-            raise SpecError(f"{DOC}: field 'model' must be a model name (letters, digits, . _ -), got {model!r:.80}")
+        version, model = _read_head(DOC, data)
         if "previous_license_id" not in data:
             raise SpecError(f"{DOC}: missing required field 'previous_license_id'")
         prev = data["previous_license_id"]
@@ -172,11 +204,7 @@ class License:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> License:
-        """Parse strictly (size, UTF-8, duplicate keys, NaN refused); keep the exact bytes."""
-        raw = bytes(raw)
-        if len(raw) > MAX_LICENSE_BYTES:
-            raise SpecError(f"{DOC}: {len(raw)} bytes, more than the {MAX_LICENSE_BYTES} accepted")
-        return cls.from_dict(parse_json_strict(raw, DOC), raw=raw)
+        return super().from_bytes(raw)  # type: ignore[no-any-return]
 
 
 REVOCATION_DOC = "license revocation"
@@ -185,7 +213,7 @@ _REVOCATION_FIELDS = ("spec_version", "license_id", "device_id", "model", "revok
 
 
 @dataclass(frozen=True)
-class Revocation:
+class Revocation(_IssuedDocument):
     """The issuer's signed word that a license is revoked (a signed document like :class:`License`)::
 
         {"spec_version": "1.0", "license_id": "<32 hex>", "device_id": "<16 hex>", "model": "digits",
@@ -194,6 +222,8 @@ class Revocation:
     The device learns it at its next contact, writes a ``revoke`` entry into its ledger and refuses
     metered calls until a top-up is installed. Signed by the same issuer key as licenses, under its
     own domain (:func:`tinymlops.metering.license_signing.sign_revocation`)."""
+
+    DOC: ClassVar[str] = REVOCATION_DOC
 
     license_id: str
     device_id: str
@@ -222,23 +252,10 @@ class Revocation:
         )
         return out
 
-    def to_bytes(self) -> bytes:
-        return self.raw if self.raw is not None else canonical_json(self.to_dict())
-
-    @property
-    def digest(self) -> str:
-        """sha256 (hex) of :meth:`to_bytes`: what the ledger's ``revoke`` entry commits to."""
-        return hashlib.sha256(self.to_bytes()).hexdigest()
-
     @classmethod
     def from_dict(cls, data: Any, *, raw: bytes | None = None) -> Revocation:
         doc = REVOCATION_DOC
-        if not isinstance(data, Mapping):
-            raise SpecError(f"{doc}: must be an object, got {type(data).__name__}")
-        version = check_version(doc, data, LICENSE_MAJOR)
-        model = data.get("model")
-        if not isinstance(model, str) or not MODEL_NAME.match(model):
-            raise SpecError(f"{doc}: field 'model' must be a model name (letters, digits, . _ -), got {model!r:.80}")
+        version, model = _read_head(doc, data)
         reason = data.get("reason")
         if not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS:
             raise SpecError(f"{doc}: field 'reason' must be a string of at most {MAX_REASON_CHARS} characters")
@@ -259,10 +276,7 @@ class Revocation:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Revocation:
-        raw = bytes(raw)
-        if len(raw) > MAX_LICENSE_BYTES:
-            raise SpecError(f"{REVOCATION_DOC}: {len(raw)} bytes, more than the {MAX_LICENSE_BYTES} accepted")
-        return cls.from_dict(parse_json_strict(raw, REVOCATION_DOC), raw=raw)
+        return super().from_bytes(raw)  # type: ignore[no-any-return]
 
 
 __all__ = [
